@@ -1,0 +1,334 @@
+//! A captured change and its wire forms, encoded once when it enters the gateway.
+//!
+//! Every subscriber that sends an event shares the same bytes: the WebSocket text
+//! (`Utf8Bytes`, cloned by refcount) and the SSE block (`Bytes`).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// The kind of change a row underwent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Op {
+    /// A row was inserted.
+    Insert,
+    /// A row was updated.
+    Update,
+    /// A row was deleted.
+    Delete,
+    /// The table was truncated (no row).
+    Truncate,
+}
+
+impl Op {
+    /// All operations, in bit order of [`Op::bit`].
+    pub const ALL: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate];
+
+    /// Parses the operation names used by `change_log.op` and the `ops=` parameter
+    /// (case-insensitive).
+    pub fn parse(text: &str) -> Option<Op> {
+        Op::ALL
+            .into_iter()
+            .find(|op| op.as_str().eq_ignore_ascii_case(text))
+    }
+
+    /// The upper-case SQL name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+            Op::Truncate => "TRUNCATE",
+        }
+    }
+
+    /// A distinct bit, so that a set of operations fits in a `u8`.
+    pub fn bit(self) -> u8 {
+        match self {
+            Op::Insert => 1,
+            Op::Update => 2,
+            Op::Delete => 4,
+            Op::Truncate => 8,
+        }
+    }
+}
+
+/// One row of `realtime.change_log`, as read from the database.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChangeRecord {
+    /// The commit-ordered id.
+    pub id: i64,
+    /// `table` or `schema.table`.
+    pub table: String,
+    /// `INSERT`, `UPDATE`, `DELETE` or `TRUNCATE`.
+    pub op: String,
+    /// The new row (the old one for DELETE; none for TRUNCATE).
+    pub row: Option<Value>,
+    /// The old row, for UPDATE.
+    pub old: Option<Value>,
+    /// Commit time, already formatted as RFC 3339 in UTC.
+    pub committed_at: String,
+    /// Commit time in microseconds since the Unix epoch, for latency metrics.
+    pub committed_at_micros: i64,
+}
+
+/// Why a `change_log` row could not become an event.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    /// Ids are positive; anything else is a corrupt row.
+    #[error("change_log id {0} is not positive")]
+    BadId(i64),
+    /// The op column held something the capture trigger never writes.
+    #[error("change_log row {id} has unknown op {op:?}")]
+    BadOp {
+        /// The row's id.
+        id: i64,
+        /// The value found.
+        op: String,
+    },
+    /// `row` must be a JSON object when present.
+    #[error("change_log row {0} has a row that is not a JSON object")]
+    BadRow(i64),
+}
+
+/// A change as the gateway holds it: parsed for filtering, encoded for sending.
+#[derive(Debug)]
+pub struct Event {
+    /// The commit-ordered id (the stream position).
+    pub id: u64,
+    /// `table` or `schema.table`.
+    pub table: Arc<str>,
+    /// What happened.
+    pub op: Op,
+    /// The row filters look at: the new row, or the old one for DELETE.
+    pub row: Option<serde_json::Map<String, Value>>,
+    /// Commit time in microseconds since the Unix epoch.
+    pub committed_at_micros: i64,
+    /// The JSON message, as a WebSocket text payload.
+    pub json: Utf8Bytes,
+    /// The same message as one SSE block (`id:`, `event:`, `data:`, blank line).
+    pub sse: Bytes,
+    /// Set by the first transport that sends the event, so that commit→send latency is
+    /// recorded once per event rather than once per subscriber.
+    first_sent: AtomicBool,
+}
+
+#[derive(Serialize)]
+struct ChangeMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    table: &'a str,
+    op: Op,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    row: Option<&'a serde_json::Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old: Option<&'a Value>,
+    committed_at: &'a str,
+}
+
+impl Event {
+    /// Converts a `change_log` row and encodes its wire forms.
+    pub fn from_record(record: ChangeRecord) -> Result<Event, EventError> {
+        let id = u64::try_from(record.id)
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or(EventError::BadId(record.id))?;
+        let op = Op::parse(&record.op).ok_or_else(|| EventError::BadOp {
+            id: record.id,
+            op: record.op.clone(),
+        })?;
+        let row = match (op, record.row) {
+            (Op::Truncate, _) | (_, None) | (_, Some(Value::Null)) => None,
+            (_, Some(Value::Object(map))) => Some(map),
+            (_, Some(_)) => return Err(EventError::BadRow(record.id)),
+        };
+        let old = match op {
+            Op::Update => record.old.filter(|old| !old.is_null()),
+            _ => None,
+        };
+        let id_text = id.to_string();
+        let message = ChangeMessage {
+            kind: "change",
+            id: &id_text,
+            table: &record.table,
+            op,
+            row: row.as_ref(),
+            old: old.as_ref(),
+            committed_at: &record.committed_at,
+        };
+        // Serialising a map of Values into a Vec cannot fail.
+        let json = serde_json::to_string(&message).unwrap_or_default();
+        let sse = sse_block(Some(id), "change", &json);
+        Ok(Event {
+            id,
+            table: Arc::from(record.table),
+            op,
+            row,
+            committed_at_micros: record.committed_at_micros,
+            json: Utf8Bytes::from(json),
+            sse,
+            first_sent: AtomicBool::new(false),
+        })
+    }
+
+    /// True exactly once: for the first caller after the event was created.
+    pub fn mark_first_send(&self) -> bool {
+        !self.first_sent.load(Ordering::Relaxed) && !self.first_sent.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// Builds one SSE block: optional `id:`, `event:`, one `data:` line, blank line.
+/// `data` is compact JSON, which never holds a raw CR or LF.
+pub fn sse_block(id: Option<u64>, event: &str, data: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + event.len() + 40);
+    if let Some(id) = id {
+        let _ = write!(out, "id: {id}\n");
+    }
+    out.put_slice(b"event: ");
+    out.put_slice(event.as_bytes());
+    out.put_slice(b"\ndata: ");
+    out.put_slice(data.as_bytes());
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+/// The control messages of the stream protocol (everything but `change`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// The backlog has been sent; the stream is live.
+    Ready {
+        /// The gateway's head when the backlog ended.
+        head: u64,
+        /// How many change events the backlog held.
+        replayed: u64,
+    },
+    /// The events after the client's position are gone; it must refetch.
+    Reset {
+        /// Where the stream goes on from.
+        head: u64,
+    },
+    /// A keep-alive that carries the client's position.
+    Heartbeat {
+        /// Every event up to here was delivered or did not match.
+        position: u64,
+    },
+    /// The reply to a client's `{"type":"ping"}`.
+    Pong,
+}
+
+impl Control {
+    /// The JSON message.
+    pub fn json(&self) -> String {
+        match self {
+            Control::Ready { head, replayed } => {
+                format!(r#"{{"type":"ready","head":"{head}","replayed":{replayed}}}"#)
+            }
+            Control::Reset { head } => {
+                format!(r#"{{"type":"reset","reason":"history_gone","head":"{head}"}}"#)
+            }
+            Control::Heartbeat { position } => {
+                format!(r#"{{"type":"heartbeat","id":"{position}"}}"#)
+            }
+            Control::Pong => r#"{"type":"pong"}"#.to_owned(),
+        }
+    }
+
+    /// The SSE block, with `id:` where the message has a position.
+    pub fn sse(&self) -> Bytes {
+        let (id, name) = match self {
+            Control::Ready { head, .. } => (Some(*head), "ready"),
+            Control::Reset { head } => (Some(*head), "reset"),
+            Control::Heartbeat { position } => (Some(*position), "heartbeat"),
+            Control::Pong => (None, "pong"),
+        };
+        sse_block(id, name, &self.json())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(op: &str, row: Option<Value>, old: Option<Value>) -> ChangeRecord {
+        ChangeRecord {
+            id: 42,
+            table: "orders".into(),
+            op: op.into(),
+            row,
+            old,
+            committed_at: "2026-11-24T21:00:00.123456Z".into(),
+            committed_at_micros: 0,
+        }
+    }
+
+    #[test]
+    fn update_event_encodes_the_documented_fields() {
+        let event = Event::from_record(record(
+            "UPDATE",
+            Some(json!({"id": 1, "status": "shipped"})),
+            Some(json!({"id": 1, "status": "pending"})),
+        ))
+        .unwrap();
+        let parsed: Value = serde_json::from_str(event.json.as_str()).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"type":"change","id":"42","table":"orders","op":"UPDATE",
+                   "row":{"id":1,"status":"shipped"},"old":{"id":1,"status":"pending"},
+                   "committed_at":"2026-11-24T21:00:00.123456Z"})
+        );
+        let sse = std::str::from_utf8(&event.sse).unwrap();
+        assert!(sse.starts_with("id: 42\nevent: change\ndata: {"));
+        assert!(sse.ends_with("}\n\n"));
+        assert_eq!(sse.matches('\n').count(), 4);
+    }
+
+    #[test]
+    fn truncate_has_no_row_and_insert_has_no_old() {
+        let truncate = Event::from_record(record("TRUNCATE", None, None)).unwrap();
+        assert!(!truncate.json.as_str().contains("\"row\""));
+        let insert =
+            Event::from_record(record("insert", Some(json!({"id": 1})), Some(json!({})))).unwrap();
+        assert!(!insert.json.as_str().contains("\"old\""));
+        assert_eq!(insert.op, Op::Insert);
+    }
+
+    #[test]
+    fn newlines_inside_values_never_break_the_sse_block() {
+        let event =
+            Event::from_record(record("INSERT", Some(json!({"note": "a\nb\r\nc"})), None)).unwrap();
+        let sse = std::str::from_utf8(&event.sse).unwrap();
+        assert_eq!(sse.lines().count(), 4);
+    }
+
+    #[test]
+    fn corrupt_rows_are_typed_errors() {
+        let mut bad = record("UPSERT", None, None);
+        assert!(matches!(
+            Event::from_record(bad.clone()),
+            Err(EventError::BadOp { .. })
+        ));
+        bad.op = "INSERT".into();
+        bad.row = Some(json!([1]));
+        assert!(matches!(
+            Event::from_record(bad.clone()),
+            Err(EventError::BadRow(42))
+        ));
+        bad.id = 0;
+        assert!(matches!(Event::from_record(bad), Err(EventError::BadId(0))));
+    }
+
+    #[test]
+    fn first_send_is_reported_once() {
+        let event = Event::from_record(record("DELETE", Some(json!({"id": 1})), None)).unwrap();
+        assert!(event.mark_first_send());
+        assert!(!event.mark_first_send());
+    }
+}

@@ -1,0 +1,603 @@
+//! Stream parameters: `since`, `tables`, `ops` and `filter`, parsed, validated against
+//! the tracked tables, and matched against events.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::event::{Event, Op};
+use crate::query::{self, QueryError};
+
+/// The tracked tables and their columns, as the stream parameters see them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    tables: HashMap<String, Vec<String>>,
+}
+
+impl Catalog {
+    /// A catalog of `(table, columns)`; table names as events carry them.
+    pub fn new(tables: impl IntoIterator<Item = (String, Vec<String>)>) -> Catalog {
+        Catalog {
+            tables: tables.into_iter().collect(),
+        }
+    }
+
+    /// Whether the table is tracked.
+    pub fn contains(&self, table: &str) -> bool {
+        self.tables.contains_key(table)
+    }
+
+    fn has_column(&self, table: &str, column: &str) -> bool {
+        self.tables
+            .get(table)
+            .is_some_and(|columns| columns.iter().any(|c| c == column))
+    }
+
+    /// Tracked table names, sorted.
+    pub fn table_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.tables.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+/// Why stream parameters were refused (always a 400 before any upgrade).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    /// The query string itself could not be decoded.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// A parameter the streams don't know.
+    #[error("unknown query parameter `{0}`")]
+    Unknown(String),
+    /// A known parameter with a value that breaks its rule.
+    #[error("invalid `{param}`: {message}")]
+    Invalid {
+        /// The parameter at fault.
+        param: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ParamError {
+    fn invalid(param: &'static str, message: impl Into<String>) -> ParamError {
+        ParamError::Invalid {
+            param,
+            message: message.into(),
+        }
+    }
+
+    /// The parameter at fault, for the error body's `field`.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            ParamError::Query(_) => None,
+            ParamError::Unknown(name) => Some(name),
+            ParamError::Invalid { param, .. } => Some(param),
+        }
+    }
+}
+
+/// Parses a stream position: a decimal `u64`, nothing else (no sign, no spaces).
+pub fn parse_position(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// What a stream asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamParams {
+    /// Resume after this id (`since`, or SSE's `Last-Event-ID`).
+    pub since: Option<u64>,
+    /// Which events to send.
+    pub selection: Selection,
+}
+
+impl StreamParams {
+    /// Parses the query string of `/ws` or `/events` against the tracked tables.
+    pub fn parse(query: &str, catalog: &Catalog) -> Result<StreamParams, ParamError> {
+        let mut since = None;
+        let mut tables: Option<Vec<Arc<str>>> = None;
+        let mut ops = None;
+        let mut filters = Vec::new();
+        for (name, value) in query::parse_pairs(query)? {
+            match name.as_str() {
+                "since" => {
+                    if since.is_some() {
+                        return Err(ParamError::invalid("since", "given more than once"));
+                    }
+                    since = Some(parse_position(&value).ok_or_else(|| {
+                        ParamError::invalid("since", "must be a decimal event id")
+                    })?);
+                }
+                "tables" => {
+                    if tables.is_some() {
+                        return Err(ParamError::invalid("tables", "given more than once"));
+                    }
+                    tables = Some(parse_tables(&value, catalog)?);
+                }
+                "ops" => {
+                    if ops.is_some() {
+                        return Err(ParamError::invalid("ops", "given more than once"));
+                    }
+                    ops = Some(parse_ops(&value)?);
+                }
+                "filter" => filters.push(Filter::parse(&value)?),
+                _ => return Err(ParamError::Unknown(name)),
+            }
+        }
+        for filter in &filters {
+            let known = match &tables {
+                Some(tables) => tables.iter().any(|t| catalog.has_column(t, &filter.column)),
+                None => catalog
+                    .tables
+                    .keys()
+                    .any(|t| catalog.has_column(t, &filter.column)),
+            };
+            if !known {
+                return Err(ParamError::invalid(
+                    "filter",
+                    format!("no selected table has a column `{}`", filter.column),
+                ));
+            }
+        }
+        Ok(StreamParams {
+            since,
+            selection: Selection {
+                tables,
+                ops: ops.unwrap_or(ALL_OPS),
+                filters,
+            },
+        })
+    }
+}
+
+const ALL_OPS: u8 = 0b1111;
+
+fn parse_tables(value: &str, catalog: &Catalog) -> Result<Vec<Arc<str>>, ParamError> {
+    let mut tables: Vec<Arc<str>> = Vec::new();
+    for name in value.split(',') {
+        if name.is_empty() {
+            return Err(ParamError::invalid("tables", "empty table name"));
+        }
+        if !catalog.contains(name) {
+            return Err(ParamError::invalid(
+                "tables",
+                format!("`{name}` is not a tracked table"),
+            ));
+        }
+        if !tables.iter().any(|t| &**t == name) {
+            tables.push(Arc::from(name));
+        }
+    }
+    Ok(tables)
+}
+
+fn parse_ops(value: &str) -> Result<u8, ParamError> {
+    value.split(',').try_fold(0u8, |set, name| {
+        Op::parse(name).map(|op| set | op.bit()).ok_or_else(|| {
+            ParamError::invalid(
+                "ops",
+                format!("`{name}` is not one of INSERT, UPDATE, DELETE, TRUNCATE"),
+            )
+        })
+    })
+}
+
+/// Which events a subscriber wants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// `None`: every tracked table.
+    pub tables: Option<Vec<Arc<str>>>,
+    ops: u8,
+    filters: Vec<Filter>,
+}
+
+impl Selection {
+    /// Everything.
+    pub fn all() -> Selection {
+        Selection {
+            tables: None,
+            ops: ALL_OPS,
+            filters: Vec::new(),
+        }
+    }
+
+    /// Whether the event passes the table, op and row filters.
+    pub fn matches(&self, event: &Event) -> bool {
+        if self.ops & event.op.bit() == 0 {
+            return false;
+        }
+        if let Some(tables) = &self.tables {
+            if !tables.iter().any(|t| **t == *event.table) {
+                return false;
+            }
+        }
+        if event.op == Op::Truncate {
+            return true;
+        }
+        self.filters.iter().all(|filter| filter.matches(event))
+    }
+}
+
+/// One `filter=<column>=<op>.<value>` condition on the event's row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    column: String,
+    test: Test,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Test {
+    Compare(Comparison, Operand),
+    In(Vec<Operand>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    Eq,
+    Neq,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+}
+
+impl Comparison {
+    fn accepts(self, ordering: Ordering) -> bool {
+        match self {
+            Comparison::Eq => ordering == Ordering::Equal,
+            Comparison::Neq => ordering != Ordering::Equal,
+            Comparison::Lt => ordering == Ordering::Less,
+            Comparison::Lte => ordering != Ordering::Greater,
+            Comparison::Gt => ordering == Ordering::Greater,
+            Comparison::Gte => ordering != Ordering::Less,
+        }
+    }
+}
+
+/// A filter value, kept as text and, when it reads as a number, as that number.
+#[derive(Debug, Clone, PartialEq)]
+struct Operand {
+    text: String,
+    number: Option<Number>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+impl Number {
+    /// JSON number grammar only: `-?digits(.digits)?([eE][+-]?digits)?`.
+    fn parse(text: &str) -> Option<Number> {
+        let bytes = text.as_bytes();
+        let mut i = usize::from(bytes.first() == Some(&b'-'));
+        let digits = |i: &mut usize| {
+            let start = *i;
+            while bytes.get(*i).is_some_and(u8::is_ascii_digit) {
+                *i += 1;
+            }
+            *i > start
+        };
+        if !digits(&mut i) {
+            return None;
+        }
+        let mut integral = true;
+        if bytes.get(i) == Some(&b'.') {
+            i += 1;
+            integral = false;
+            if !digits(&mut i) {
+                return None;
+            }
+        }
+        if matches!(bytes.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            integral = false;
+            if matches!(bytes.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            if !digits(&mut i) {
+                return None;
+            }
+        }
+        if i != bytes.len() {
+            return None;
+        }
+        if integral {
+            if let Ok(int) = text.parse() {
+                return Some(Number::Int(int));
+            }
+        }
+        text.parse().ok().map(Number::Float)
+    }
+
+    fn of_json(number: &serde_json::Number) -> Option<Number> {
+        number
+            .as_i64()
+            .map(Number::Int)
+            .or_else(|| number.as_f64().map(Number::Float))
+    }
+
+    fn compare(self, other: Number) -> Option<Ordering> {
+        match (self, other) {
+            (Number::Int(a), Number::Int(b)) => Some(a.cmp(&b)),
+            (a, b) => a.as_f64().partial_cmp(&b.as_f64()),
+        }
+    }
+
+    fn as_f64(self) -> f64 {
+        match self {
+            Number::Int(i) => i as f64,
+            Number::Float(f) => f,
+        }
+    }
+}
+
+impl Operand {
+    fn new(text: String) -> Operand {
+        let number = Number::parse(&text);
+        Operand { text, number }
+    }
+
+    /// How the row's value compares with this operand; `None` never matches.
+    fn compare(&self, value: &Value) -> Option<Ordering> {
+        match value {
+            Value::Null => None,
+            Value::Number(n) => match (Number::of_json(n), self.number) {
+                (Some(row), Some(operand)) => row.compare(operand),
+                _ => Some(n.to_string().as_str().cmp(self.text.as_str())),
+            },
+            Value::String(s) => Some(s.as_str().cmp(self.text.as_str())),
+            Value::Bool(b) => Some(if *b { "true" } else { "false" }.cmp(self.text.as_str())),
+            other => Some(other.to_string().as_str().cmp(self.text.as_str())),
+        }
+    }
+}
+
+impl Filter {
+    /// Parses `<column>=<op>.<value>`.
+    pub fn parse(text: &str) -> Result<Filter, ParamError> {
+        let bad = |message: &str| ParamError::invalid("filter", format!("{message} in `{text}`"));
+        let (column, rest) = text
+            .split_once('=')
+            .ok_or_else(|| bad("expected <column>=<op>.<value>"))?;
+        if column.is_empty() {
+            return Err(bad("empty column name"));
+        }
+        let (op, value) = rest
+            .split_once('.')
+            .ok_or_else(|| bad("expected <op>.<value>"))?;
+        let comparison = match op {
+            "eq" => Comparison::Eq,
+            "neq" => Comparison::Neq,
+            "lt" => Comparison::Lt,
+            "lte" => Comparison::Lte,
+            "gt" => Comparison::Gt,
+            "gte" => Comparison::Gte,
+            "in" => {
+                let items = parse_list(value).ok_or_else(|| bad("expected in.(a,b,…)"))?;
+                return Ok(Filter {
+                    column: column.to_owned(),
+                    test: Test::In(items.into_iter().map(Operand::new).collect()),
+                });
+            }
+            _ => return Err(bad("unknown operator (eq, neq, lt, lte, gt, gte, in)")),
+        };
+        Ok(Filter {
+            column: column.to_owned(),
+            test: Test::Compare(comparison, Operand::new(value.to_owned())),
+        })
+    }
+
+    /// The column the filter reads.
+    pub fn column(&self) -> &str {
+        &self.column
+    }
+
+    fn matches(&self, event: &Event) -> bool {
+        let Some(value) = event.row.as_ref().and_then(|row| row.get(&self.column)) else {
+            return false;
+        };
+        match &self.test {
+            Test::Compare(comparison, operand) => operand
+                .compare(value)
+                .is_some_and(|ordering| comparison.accepts(ordering)),
+            Test::In(operands) => operands
+                .iter()
+                .any(|operand| operand.compare(value) == Some(Ordering::Equal)),
+        }
+    }
+}
+
+/// Parses `(a,b,"c,d")`: items separated by commas; a double-quoted item may hold `,`
+/// and `)`, and `\"` or `\\` inside quotes. At least one item.
+fn parse_list(text: &str) -> Option<Vec<String>> {
+    let inner = text.strip_prefix('(')?.strip_suffix(')')?;
+    let mut items = Vec::new();
+    let mut chars = inner.chars().peekable();
+    loop {
+        let mut item = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => item.push(chars.next()?),
+                    c => item.push(c),
+                }
+            }
+            match chars.next() {
+                None => {
+                    items.push(item);
+                    return Some(items);
+                }
+                Some(',') => items.push(item),
+                Some(_) => return None,
+            }
+        } else {
+            loop {
+                match chars.next() {
+                    None => {
+                        items.push(item);
+                        return Some(items);
+                    }
+                    Some(',') => break,
+                    Some('"' | '(' | ')') => return None,
+                    Some(c) => item.push(c),
+                }
+            }
+            items.push(item);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ChangeRecord;
+    use serde_json::json;
+
+    fn catalog() -> Catalog {
+        Catalog::new([
+            (
+                "orders".to_owned(),
+                vec!["id".into(), "status".into(), "customer_name".into()],
+            ),
+            ("audit.log".to_owned(), vec!["id".into(), "note".into()]),
+        ])
+    }
+
+    fn event(op: &str, table: &str, row: Value) -> Event {
+        Event::from_record(ChangeRecord {
+            id: 1,
+            table: table.into(),
+            op: op.into(),
+            row: Some(row),
+            old: None,
+            committed_at: String::new(),
+            committed_at_micros: 0,
+        })
+        .unwrap()
+    }
+
+    fn selects(query: &str, row: Value) -> bool {
+        let params = StreamParams::parse(query, &catalog()).unwrap();
+        params.selection.matches(&event("UPDATE", "orders", row))
+    }
+
+    #[test]
+    fn since_must_be_a_plain_decimal_u64() {
+        assert_eq!(parse_position("0"), Some(0));
+        assert_eq!(parse_position("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            " 1",
+            "1.0",
+            "18446744073709551616",
+            "0x10",
+            "abc",
+        ] {
+            assert_eq!(parse_position(bad), None, "{bad:?}");
+            assert!(StreamParams::parse(&format!("since={bad}"), &catalog()).is_err());
+        }
+    }
+
+    #[test]
+    fn numbers_compare_as_numbers_and_text_by_code_point() {
+        assert!(selects("filter=id=gt.9", json!({"id": 10})));
+        assert!(!selects("filter=id=gt.9", json!({"id": "10"})));
+        assert!(selects("filter=id=lte.1e1", json!({"id": 10})));
+        assert!(selects("filter=id=eq.10", json!({"id": 10.0})));
+        assert!(selects(
+            "filter=status=lt.shipped",
+            json!({"status": "pending"})
+        ));
+        assert!(selects("filter=status=gt.Z", json!({"status": "ä"})));
+        assert!(selects("filter=id=gt.a", json!({"id": 10})) == ("10" > "a"));
+    }
+
+    #[test]
+    fn null_and_missing_values_match_nothing() {
+        assert!(!selects("filter=status=neq.x", json!({"status": null})));
+        assert!(!selects("filter=status=neq.x", json!({"id": 1})));
+    }
+
+    #[test]
+    fn in_lists_accept_quoted_items() {
+        let query = r#"filter=customer_name=in.(Ann,"Smith, John","a)b","q\"t")"#;
+        assert!(selects(query, json!({"customer_name": "Smith, John"})));
+        assert!(selects(query, json!({"customer_name": "a)b"})));
+        assert!(selects(query, json!({"customer_name": "q\"t"})));
+        assert!(selects(query, json!({"customer_name": "Ann"})));
+        assert!(!selects(query, json!({"customer_name": "John"})));
+        for bad in ["in.", "in.()x", "in.(a", r#"in.("a"b)"#, "in.(a(b)"] {
+            assert!(Filter::parse(&format!("status={bad}")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn filters_are_anded_and_truncate_passes_all() {
+        let query = "filter=status=eq.shipped&filter=id=gte.5";
+        assert!(selects(query, json!({"status": "shipped", "id": 5})));
+        assert!(!selects(query, json!({"status": "shipped", "id": 4})));
+        let params = StreamParams::parse(query, &catalog()).unwrap();
+        let truncate = Event::from_record(ChangeRecord {
+            id: 2,
+            table: "orders".into(),
+            op: "TRUNCATE".into(),
+            row: None,
+            old: None,
+            committed_at: String::new(),
+            committed_at_micros: 0,
+        })
+        .unwrap();
+        assert!(params.selection.matches(&truncate));
+    }
+
+    #[test]
+    fn tables_and_ops_select_events() {
+        let params = StreamParams::parse("tables=audit.log&ops=insert,Delete", &catalog()).unwrap();
+        assert!(params
+            .selection
+            .matches(&event("INSERT", "audit.log", json!({}))));
+        assert!(!params
+            .selection
+            .matches(&event("UPDATE", "audit.log", json!({}))));
+        assert!(!params
+            .selection
+            .matches(&event("INSERT", "orders", json!({}))));
+    }
+
+    #[test]
+    fn invalid_parameters_are_refused() {
+        let cases = [
+            ("tables=nope", "tables"),
+            ("tables=", "tables"),
+            ("ops=UPSERT", "ops"),
+            ("ops=", "ops"),
+            ("filter=nope=eq.1", "filter"),
+            ("tables=audit.log&filter=status=eq.x", "filter"),
+            ("filter=status=like.x", "filter"),
+            ("filter=status", "filter"),
+            ("filter==eq.x", "filter"),
+            ("since=1&since=2", "since"),
+            ("sinse=1", "sinse"),
+        ];
+        for (query, param) in cases {
+            let err = StreamParams::parse(query, &catalog()).unwrap_err();
+            assert_eq!(err.param(), Some(param), "{query}");
+        }
+        assert!(matches!(
+            StreamParams::parse("since=%zz", &catalog()),
+            Err(ParamError::Query(_))
+        ));
+    }
+}

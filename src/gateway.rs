@@ -1,0 +1,248 @@
+//! The gateway's shared state and its start-up: find the database, migrate, start the
+//! source and retention, and hand the pieces to the transports.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Database};
+use crate::hub::Hub;
+use crate::log::EventLog;
+use crate::metrics::Metrics;
+use crate::pg::embedded::{self, Embedded, EmbeddedError};
+use crate::pg::source::{Source, SourceStatus};
+use crate::pg::{changes, migrate, DbError, DbTarget, Pool};
+
+/// How long start-up keeps trying to reach the database before it gives up.
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
+/// How often retention runs.
+const RETENTION_PERIOD: Duration = Duration::from_secs(30);
+/// Rows deleted per retention statement.
+const RETENTION_BATCH: i32 = 1000;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The private server failed.
+    #[error("private PostgreSQL: {0}")]
+    Embedded(#[from] EmbeddedError),
+}
+
+/// Everything the transports share.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The settings it runs with.
+    pub config: Config,
+    /// The ring of recent events.
+    pub log: Arc<EventLog>,
+    /// Subscribers to wake.
+    pub hub: Arc<Hub>,
+    /// Connections for REST calls, catch-up reads and retention.
+    pub pool: Arc<Pool>,
+    /// Whether the source is live, and the tracked tables.
+    pub source: Arc<SourceStatus>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled on SIGINT/SIGTERM: every long-lived task watches it.
+    pub shutdown: CancellationToken,
+    /// The background tasks (source, retention), awaited at shutdown.
+    tasks: TaskTracker,
+    /// The private server, when the embedded default is in use; stopped at exit.
+    embedded: Option<Embedded>,
+}
+
+/// The database to use, and the private server behind it if one was started.
+pub async fn resolve_database(config: &Config) -> Result<(DbTarget, Option<Embedded>), StartError> {
+    match &config.database {
+        Database::Target(target) => Ok((target.clone(), None)),
+        Database::Default => {
+            let local = DbTarget::local_default();
+            let answering = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(("127.0.0.1", 5432)),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            if answering {
+                tracing::info!(database = %local, "no database configured; using the PostgreSQL answering on localhost:5432 (set DATABASE_URL to choose another)");
+                return Ok((local, None));
+            }
+            let dir = config.data_dir.join("pg");
+            let options = embedded::Options::default();
+            let server = tokio::task::spawn_blocking(move || Embedded::start(&dir, &options))
+                .await
+                .map_err(|e| EmbeddedError::Tool {
+                    tool: "start-up".into(),
+                    output: e.to_string(),
+                })??;
+            ensure_database(&server.target("postgres"), embedded::USER).await?;
+            let target = server.target(embedded::USER);
+            tracing::info!(
+                data_dir = %server.data_dir().display(),
+                database = %target,
+                "no database configured and nothing on localhost:5432: started a private PostgreSQL (set DATABASE_URL or PG* to use another)"
+            );
+            Ok((target, Some(server)))
+        }
+    }
+}
+
+/// Creates database `name` on the server if it does not exist.
+pub async fn ensure_database(admin: &DbTarget, name: &str) -> Result<(), DbError> {
+    let client = connect_within(admin, STARTUP_DEADLINE).await?;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        let quoted = name.replace('"', "\"\"");
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Connects, retrying transient failures until `deadline` has passed; permanent ones
+/// (credentials, missing database, TLS, bad URL) fail at once.
+pub async fn connect_within(
+    target: &DbTarget,
+    deadline: Duration,
+) -> Result<tokio_postgres::Client, DbError> {
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match target.connect_spawned().await {
+            Ok(client) => return Ok(client),
+            Err(err) if err.is_permanent() || started.elapsed() + wait >= deadline => {
+                return Err(err)
+            }
+            Err(err) => {
+                tracing::debug!(%err, "database not reachable yet");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Applies or checks the schema, as `config.migrate` says.
+pub async fn prepare_schema(target: &DbTarget, config: &Config) -> Result<(), DbError> {
+    let mut client = connect_within(target, STARTUP_DEADLINE).await?;
+    if config.migrate {
+        let applied = migrate::apply(&mut client).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "applied migrations");
+        }
+    } else {
+        migrate::check(&client).await?;
+    }
+    Ok(())
+}
+
+impl Gateway {
+    /// Finds the database, prepares the schema and starts the source and retention.
+    pub async fn start(config: Config) -> Result<Arc<Gateway>, StartError> {
+        let (target, embedded) = resolve_database(&config).await?;
+        prepare_schema(&target, &config).await?;
+        let client = connect_within(&target, STARTUP_DEADLINE).await?;
+        let head = changes::head(&client).await?;
+        let catalog = changes::catalog(&client).await?;
+        drop(client);
+
+        let log = Arc::new(EventLog::new(config.ring_capacity, head));
+        let hub = Hub::new();
+        let metrics = Arc::new(Metrics::default());
+        let source = SourceStatus::new(catalog);
+        let pool = Pool::new(target.clone(), config.pool_size);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let reader = Source {
+            target,
+            mode: config.source,
+            poll_interval: config.poll_interval,
+            log: Arc::clone(&log),
+            hub: Arc::clone(&hub),
+            status: Arc::clone(&source),
+            metrics: Arc::clone(&metrics),
+        };
+        tasks.spawn(reader.run(shutdown.clone()));
+        tasks.spawn(retention(
+            Arc::clone(&pool),
+            config.retention,
+            config.retention_rows,
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+        tracing::info!(
+            head,
+            ring_capacity = config.ring_capacity,
+            "gateway started"
+        );
+        Ok(Arc::new(Gateway {
+            config,
+            log,
+            hub,
+            pool,
+            source,
+            metrics,
+            shutdown,
+            tasks,
+            embedded,
+        }))
+    }
+
+    /// Stops the background tasks and the private server, if any.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Some(server) = &self.embedded {
+            if let Err(err) = server.stop() {
+                tracing::warn!(%err, "stopping the private PostgreSQL");
+            } else {
+                tracing::info!("stopped the private PostgreSQL");
+            }
+        }
+    }
+}
+
+/// Prunes `change_log` now and then, in small batches, until shutdown.
+async fn retention(
+    pool: Arc<Pool>,
+    max_age: Duration,
+    max_rows: Option<u64>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RETENTION_PERIOD) => {}
+        }
+        let pass = async {
+            let client = pool.get().await?;
+            loop {
+                let deleted =
+                    changes::prune(&*client, Some(max_age), max_rows, RETENTION_BATCH).await?;
+                metrics.pruned_rows.add(deleted);
+                if deleted < RETENTION_BATCH as u64 {
+                    return Ok::<(), DbError>(());
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = pass => if let Err(err) = result {
+                tracing::warn!(%err, "retention pass failed");
+            }
+        }
+    }
+}

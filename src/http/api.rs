@@ -1,0 +1,442 @@
+//! REST for `orders`: list (with the snapshot position), get, create, update, delete.
+//! Parameterised SQL only; rows are rendered by PostgreSQL (`to_jsonb`) exactly as the
+//! capture trigger renders them in events.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+
+use super::body::{empty, full, Body};
+use super::error::ApiError;
+use crate::gateway::Gateway;
+use crate::query;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Largest `limit` on the list.
+const MAX_LIMIT: i64 = 10_000;
+/// Longest name, in code points.
+const MAX_NAME_CHARS: usize = 255;
+/// The allowed statuses.
+const STATUSES: [&str; 3] = ["pending", "shipped", "delivered"];
+/// The writable fields.
+const FIELDS: [&str; 3] = ["customer_name", "product_name", "status"];
+
+/// Parses a path id: an integer in 1..=2147483647.
+pub fn parse_id(text: &str) -> Result<i32, ApiError> {
+    parse_int(text)
+        .filter(|id| *id >= 1)
+        .ok_or_else(|| ApiError::BadRequest {
+            code: "invalid_id",
+            message: format!("order id must be an integer from 1 to 2147483647, not {text:?}"),
+            field: None,
+        })
+}
+
+fn parse_int(text: &str) -> Option<i32> {
+    if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// `GET /api/orders[?limit=N&after_id=M]`: rows ordered by id, and `X-Event-Id`, the
+/// change-log position of the same REPEATABLE READ snapshot.
+pub async fn list(gateway: &Gateway, query_string: &str) -> Result<Response<Body>, ApiError> {
+    let mut limit: Option<i64> = None;
+    let mut after_id: i32 = 0;
+    let pairs = query::parse_pairs(query_string)
+        .map_err(|e| ApiError::bad_param("query", e.to_string()))?;
+    for (name, value) in pairs {
+        match name.as_str() {
+            "limit" => {
+                limit = Some(
+                    parse_int(&value)
+                        .map(i64::from)
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::bad_param("limit", "limit must be an integer from 1 to 10000")
+                        })?,
+                );
+            }
+            "after_id" => {
+                after_id = parse_int(&value).ok_or_else(|| {
+                    ApiError::bad_param(
+                        "after_id",
+                        "after_id must be an integer from 0 to 2147483647",
+                    )
+                })?;
+            }
+            _ => {}
+        }
+    }
+    let mut client = gateway.pool.get().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let rows: String = tx
+        .query_one(
+            "SELECT coalesce(json_agg(to_jsonb(o) ORDER BY o.id), '[]')::text
+             FROM (SELECT * FROM public.orders WHERE id > $1 ORDER BY id LIMIT $2) o",
+            &[&after_id, &limit],
+        )
+        .await?
+        .try_get(0)?;
+    let position = crate::pg::changes::head(&tx).await?;
+    tx.commit().await?;
+    let mut response = json_response(StatusCode::OK, rows);
+    response
+        .headers_mut()
+        .insert("x-event-id", HeaderValue::from(position));
+    Ok(response)
+}
+
+/// `GET /api/orders/{id}`.
+pub async fn get(gateway: &Gateway, id: i32) -> Result<Response<Body>, ApiError> {
+    let client = gateway.pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT to_jsonb(o)::text FROM public.orders o WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    match row {
+        Some(row) => Ok(json_response(StatusCode::OK, row.try_get::<_, String>(0)?)),
+        None => Err(not_found(id)),
+    }
+}
+
+/// `POST /api/orders`: 201 with the row and `Location`.
+pub async fn create(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let fields = OrderFields::parse(read_json(request).await?)?;
+    let customer = fields.customer_name.ok_or_else(|| {
+        ApiError::invalid(
+            "customer_name",
+            "missing_field",
+            "customer_name is required",
+        )
+    })?;
+    let product = fields.product_name.ok_or_else(|| {
+        ApiError::invalid("product_name", "missing_field", "product_name is required")
+    })?;
+    let status = fields.status.unwrap_or("pending");
+    let client = gateway.pool.get().await?;
+    let row = client
+        .query_one(
+            "INSERT INTO public.orders (customer_name, product_name, status)
+             VALUES ($1, $2, $3)
+             RETURNING id, to_jsonb(orders)::text",
+            &[&customer, &product, &status],
+        )
+        .await?;
+    let id: i32 = row.try_get(0)?;
+    let mut response = json_response(StatusCode::CREATED, row.try_get::<_, String>(1)?);
+    response.headers_mut().insert(
+        LOCATION,
+        HeaderValue::from_str(&format!("/api/orders/{id}")).map_err(|_| ApiError::Internal)?,
+    );
+    Ok(response)
+}
+
+/// `PUT` or `PATCH /api/orders/{id}`: a partial update; `updated_at` is always set.
+pub async fn update(
+    gateway: &Gateway,
+    id: i32,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let fields = OrderFields::parse(read_json(request).await?)?;
+    if fields.is_empty() {
+        return Err(ApiError::Invalid {
+            code: "empty_update",
+            message: "the update names no field (customer_name, product_name, status)".into(),
+            field: None,
+        });
+    }
+    let client = gateway.pool.get().await?;
+    let row = client
+        .query_opt(
+            "UPDATE public.orders SET
+                 customer_name = coalesce($2, customer_name),
+                 product_name  = coalesce($3, product_name),
+                 status        = coalesce($4, status),
+                 updated_at    = clock_timestamp()
+             WHERE id = $1
+             RETURNING to_jsonb(orders)::text",
+            &[
+                &id,
+                &fields.customer_name,
+                &fields.product_name,
+                &fields.status,
+            ],
+        )
+        .await?;
+    match row {
+        Some(row) => Ok(json_response(StatusCode::OK, row.try_get::<_, String>(0)?)),
+        None => Err(not_found(id)),
+    }
+}
+
+/// `DELETE /api/orders/{id}`: 204.
+pub async fn delete(gateway: &Gateway, id: i32) -> Result<Response<Body>, ApiError> {
+    let client = gateway.pool.get().await?;
+    let deleted = client
+        .execute("DELETE FROM public.orders WHERE id = $1", &[&id])
+        .await?;
+    if deleted == 0 {
+        return Err(not_found(id));
+    }
+    let mut response = Response::new(empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
+}
+
+fn not_found(id: i32) -> ApiError {
+    ApiError::NotFound(format!("no order with id {id}"))
+}
+
+fn json_response(status: StatusCode, json: String) -> Response<Body> {
+    let mut response = Response::new(full(json));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Checks the declared type and size, then reads and parses the body.
+async fn read_json(request: Request<Incoming>) -> Result<Value, ApiError> {
+    let headers = request.headers();
+    let declared_length = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|len| len > MAX_BODY as u64) {
+        return Err(ApiError::PayloadTooLarge { limit: MAX_BODY });
+    }
+    if !is_json(headers.get(CONTENT_TYPE)) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let bytes: Bytes = Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|err| {
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::PayloadTooLarge { limit: MAX_BODY }
+            } else {
+                ApiError::BadRequest {
+                    code: "bad_body",
+                    message: "the request body could not be read".into(),
+                    field: None,
+                }
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))
+}
+
+/// `application/json`, any case, with optional parameters (`; charset=utf-8`), or a
+/// `+json` suffix type.
+fn is_json(value: Option<&HeaderValue>) -> bool {
+    let Some(text) = value.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The writable fields of an order, validated.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OrderFields {
+    /// Trimmed, non-blank, at most 255 code points.
+    pub customer_name: Option<String>,
+    /// Trimmed, non-blank, at most 255 code points.
+    pub product_name: Option<String>,
+    /// One of `pending`, `shipped`, `delivered`.
+    pub status: Option<&'static str>,
+}
+
+impl OrderFields {
+    /// Validates a request body: a JSON object of known, well-typed fields.
+    pub fn parse(body: Value) -> Result<OrderFields, ApiError> {
+        let Value::Object(map) = body else {
+            return Err(ApiError::Invalid {
+                code: "invalid_body",
+                message: "the body must be a JSON object".into(),
+                field: None,
+            });
+        };
+        if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            let message = if unknown == "id" || unknown == "updated_at" {
+                format!("{unknown} is read-only")
+            } else {
+                format!("unknown field {unknown:?} (expected customer_name, product_name, status)")
+            };
+            return Err(ApiError::invalid(unknown, "unknown_field", message));
+        }
+        Ok(OrderFields {
+            customer_name: name(&map, "customer_name")?,
+            product_name: name(&map, "product_name")?,
+            status: match map.get("status") {
+                None => None,
+                Some(Value::String(s)) => Some(
+                    STATUSES
+                        .iter()
+                        .find(|known| **known == s.as_str())
+                        .copied()
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                "status",
+                                "invalid_field",
+                                "status must be one of pending, shipped, delivered",
+                            )
+                        })?,
+                ),
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "status",
+                        "wrong_type",
+                        "status must be a string",
+                    ))
+                }
+            },
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.customer_name.is_none() && self.product_name.is_none() && self.status.is_none()
+    }
+}
+
+fn name(map: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match map.get(field) {
+        None => Ok(None),
+        Some(Value::String(text)) => {
+            let trimmed = text.trim();
+            if trimmed.is_empty() {
+                return Err(ApiError::invalid(
+                    field,
+                    "invalid_field",
+                    format!("{field} must not be blank"),
+                ));
+            }
+            if trimmed.chars().count() > MAX_NAME_CHARS {
+                return Err(ApiError::invalid(
+                    field,
+                    "invalid_field",
+                    format!("{field} must be at most 255 characters"),
+                ));
+            }
+            if trimmed.contains('\0') {
+                return Err(ApiError::invalid(
+                    field,
+                    "invalid_field",
+                    format!("{field} must not contain NUL characters"),
+                ));
+            }
+            Ok(Some(trimmed.to_owned()))
+        }
+        Some(_) => Err(ApiError::invalid(
+            field,
+            "wrong_type",
+            format!("{field} must be a string"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn field_of(err: ApiError) -> Option<String> {
+        match err {
+            ApiError::Invalid { field, .. } => field,
+            other => panic!("expected 422, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_are_trimmed_by_unicode_whitespace_and_counted_in_code_points() {
+        let fields = OrderFields::parse(json!({"customer_name": "\u{3000} Zoë \u{a0}"})).unwrap();
+        assert_eq!(fields.customer_name.as_deref(), Some("Zoë"));
+        let long = "é".repeat(255);
+        assert!(OrderFields::parse(json!({"product_name": long})).is_ok());
+        let too_long = "é".repeat(256);
+        assert_eq!(
+            field_of(OrderFields::parse(json!({"product_name": too_long})).unwrap_err()).as_deref(),
+            Some("product_name")
+        );
+    }
+
+    #[test]
+    fn wrong_types_unknown_and_read_only_fields_name_the_field() {
+        for (body, field) in [
+            (json!({"customer_name": 5}), "customer_name"),
+            (json!({"customer_name": null}), "customer_name"),
+            (json!({"product_name": "  "}), "product_name"),
+            (json!({"status": "lost"}), "status"),
+            (json!({"status": ["pending"]}), "status"),
+            (json!({"id": 3}), "id"),
+            (json!({"updated_at": "now"}), "updated_at"),
+            (json!({"colour": "red"}), "colour"),
+            (json!({"customer_name": "a\u{0}b"}), "customer_name"),
+        ] {
+            assert_eq!(
+                field_of(OrderFields::parse(body).unwrap_err()).as_deref(),
+                Some(field)
+            );
+        }
+        assert!(matches!(
+            OrderFields::parse(json!([1, 2])),
+            Err(ApiError::Invalid { field: None, .. })
+        ));
+    }
+
+    #[test]
+    fn ids_are_integers_from_one_to_i32_max() {
+        assert_eq!(parse_id("1").unwrap(), 1);
+        assert_eq!(parse_id("2147483647").unwrap(), i32::MAX);
+        for bad in [
+            "0",
+            "-1",
+            "2147483648",
+            "abc",
+            "1.5",
+            "",
+            " 1",
+            "+1",
+            "99999999999",
+        ] {
+            assert!(parse_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_content_types() {
+        let ok = |v: &str| is_json(Some(&HeaderValue::from_str(v).unwrap()));
+        assert!(ok("application/json"));
+        assert!(ok("Application/JSON; charset=utf-8"));
+        assert!(ok("application/merge-patch+json"));
+        assert!(!ok("text/plain"));
+        assert!(!ok("application/jsonx"));
+        assert!(!is_json(None));
+    }
+}

@@ -1,0 +1,56 @@
+//! Operations endpoints: liveness, readiness, metrics.
+
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use super::body::{full, Body};
+use super::error::ApiError;
+use crate::gateway::Gateway;
+use crate::pg::source::SourceMode;
+
+/// `GET /healthz`: 200 while the process runs.
+pub fn healthz() -> Response<Body> {
+    json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned())
+}
+
+/// `GET /readyz`: 200 while the source is live, else 503.
+pub fn readyz(gateway: &Gateway) -> Result<Response<Body>, ApiError> {
+    if !gateway.source.is_live() {
+        return Err(ApiError::Unavailable(
+            "the source is not connected to PostgreSQL".into(),
+        ));
+    }
+    let mode = match gateway.source.mode() {
+        Some(SourceMode::Notify) => "notify",
+        _ => "poll",
+    };
+    Ok(json(
+        StatusCode::OK,
+        format!(
+            r#"{{"status":"ready","source":"{mode}","head":"{}"}}"#,
+            gateway.log.head()
+        ),
+    ))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub fn metrics(gateway: &Gateway) -> Response<Body> {
+    let text = gateway
+        .metrics
+        .render(gateway.log.len(), gateway.source.is_live());
+    let mut response = Response::new(full(text));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

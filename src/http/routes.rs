@@ -1,0 +1,202 @@
+//! Routing: path and method to handler, CORS, and the response counter.
+
+use std::sync::Arc;
+
+use http::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ALLOW,
+    ORIGIN, VARY,
+};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::body::{empty, Body};
+use super::error::ApiError;
+use super::server::Connection;
+use super::{api, ops, sse, ui, ws};
+use crate::filter::{parse_position, StreamParams};
+use crate::gateway::Gateway;
+
+/// The resources, each with the methods it allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route<'a> {
+    Orders,
+    Order(&'a str),
+    WebSocket,
+    Events,
+    Healthz,
+    Readyz,
+    Metrics,
+    Ui,
+}
+
+impl Route<'_> {
+    fn find(path: &str) -> Option<Route<'_>> {
+        Some(match path {
+            "/api/orders" => Route::Orders,
+            "/ws" => Route::WebSocket,
+            "/events" => Route::Events,
+            "/healthz" => Route::Healthz,
+            "/readyz" => Route::Readyz,
+            "/metrics" => Route::Metrics,
+            _ if ui::is_asset(path) => Route::Ui,
+            _ => match path.strip_prefix("/api/orders/") {
+                Some(id) if !id.is_empty() && !id.contains('/') => Route::Order(id),
+                _ => return None,
+            },
+        })
+    }
+
+    fn allow(self) -> &'static str {
+        match self {
+            Route::Orders => "GET, POST, OPTIONS",
+            Route::Order(_) => "GET, PUT, PATCH, DELETE, OPTIONS",
+            Route::WebSocket | Route::Events => "GET, OPTIONS",
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::Ui => "GET, HEAD, OPTIONS",
+        }
+    }
+}
+
+/// Serves one request; never fails (errors become responses here).
+pub async fn handle(
+    request: Request<Incoming>,
+    gateway: Arc<Gateway>,
+    connection: Connection,
+) -> Response<Body> {
+    let origin = request.headers().get(ORIGIN).cloned();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut response = match dispatch(request, &gateway, connection).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    };
+    apply_cors(&gateway, origin.as_ref(), &mut response);
+    gateway.metrics.record_response(response.status().as_u16());
+    tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+    response
+}
+
+async fn dispatch(
+    request: Request<Incoming>,
+    gateway: &Arc<Gateway>,
+    connection: Connection,
+) -> Result<Response<Body>, ApiError> {
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let route =
+        Route::find(&path).ok_or_else(|| ApiError::NotFound(format!("no route for {path}")))?;
+    let method = request.method().clone();
+    if method == Method::OPTIONS {
+        let mut response = Response::new(empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(route.allow()));
+        return Ok(response);
+    }
+    let not_allowed = || ApiError::MethodNotAllowed {
+        allow: route.allow(),
+    };
+    let get_like = method == Method::GET || method == Method::HEAD;
+    match route {
+        Route::Orders => match method {
+            Method::GET => api::list(gateway, &query).await,
+            Method::POST => api::create(gateway, request).await,
+            _ => Err(not_allowed()),
+        },
+        Route::Order(id) => {
+            if !matches!(
+                method,
+                Method::GET | Method::PUT | Method::PATCH | Method::DELETE
+            ) {
+                return Err(not_allowed());
+            }
+            let id = api::parse_id(id)?;
+            match method {
+                Method::GET => api::get(gateway, id).await,
+                Method::DELETE => api::delete(gateway, id).await,
+                _ => api::update(gateway, id, request).await,
+            }
+        }
+        Route::WebSocket if method == Method::GET => {
+            let params = StreamParams::parse(&query, &gateway.source.catalog())?;
+            ws::upgrade(request, Arc::clone(gateway), params, connection)
+        }
+        Route::Events if method == Method::GET => {
+            let mut params = StreamParams::parse(&query, &gateway.source.catalog())?;
+            if let Some(last) = request.headers().get("last-event-id") {
+                let text = last.to_str().unwrap_or("\u{fffd}").trim();
+                if !text.is_empty() {
+                    params.since = Some(parse_position(text).ok_or_else(|| {
+                        ApiError::bad_param(
+                            "Last-Event-ID",
+                            "Last-Event-ID must be a decimal event id",
+                        )
+                    })?);
+                }
+            }
+            Ok(sse::respond(Arc::clone(gateway), params, connection))
+        }
+        Route::Healthz if get_like => Ok(ops::healthz()),
+        Route::Readyz if get_like => ops::readyz(gateway),
+        Route::Metrics if get_like => Ok(ops::metrics(gateway)),
+        Route::Ui if get_like => ui::asset(&path).ok_or_else(|| ApiError::NotFound(path.clone())),
+        _ => Err(not_allowed()),
+    }
+}
+
+/// Adds CORS headers for allowed origins; `*` is never paired with credentials
+/// (none are allowed).
+fn apply_cors(gateway: &Gateway, origin: Option<&HeaderValue>, response: &mut Response<Body>) {
+    let allowed = &gateway.config.cors_origins;
+    let Some(origin) = origin else { return };
+    if allowed.is_empty() {
+        return;
+    }
+    let value = if allowed.iter().any(|o| o == "*") {
+        HeaderValue::from_static("*")
+    } else if allowed.iter().any(|o| o.as_bytes() == origin.as_bytes()) {
+        origin.clone()
+    } else {
+        return;
+    };
+    let headers = response.headers_mut();
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, value);
+    headers.insert(VARY, HeaderValue::from_static("Origin"));
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type, Last-Event-ID"),
+    );
+    headers.insert(
+        ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("X-Event-Id, Location"),
+    );
+    headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_routes_and_everything_else_is_404() {
+        assert_eq!(Route::find("/api/orders"), Some(Route::Orders));
+        assert_eq!(Route::find("/api/orders/12"), Some(Route::Order("12")));
+        assert_eq!(Route::find("/api/orders/x"), Some(Route::Order("x")));
+        assert_eq!(Route::find("/"), Some(Route::Ui));
+        for missing in [
+            "/api/orders/",
+            "/api/orders/1/2",
+            "/api/order",
+            "/nope",
+            "/ws/",
+            "/api",
+        ] {
+            assert_eq!(Route::find(missing), None, "{missing}");
+        }
+    }
+}

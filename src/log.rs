@@ -1,0 +1,315 @@
+//! The event log: an in-memory ring of the newest events, in id order.
+//!
+//! Modelled on tokio's broadcast channel: power-of-two slots indexed by
+//! `position & mask`, monotonic positions, and readers that are only cursors. Ids are
+//! not dense (rolled-back transactions leave gaps), so a reader's cursor is an event
+//! id and the slot to resume from is found by binary search over the ring.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::event::Event;
+
+/// What the ring can say about the events after a reader's cursor.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Every event after the cursor that the ring holds was scanned; the cursor may
+    /// move to `position` (the last id scanned, or the cursor itself if none).
+    Scanned {
+        /// The new cursor.
+        position: u64,
+        /// Whether scanning stopped early because `max` matching events were taken.
+        more: bool,
+    },
+    /// The cursor is older than the ring: events after it were evicted, and must be
+    /// read from `change_log` up to `floor` (inclusive) before the ring serves again.
+    Behind {
+        /// Every event with an id above this is in the ring.
+        floor: u64,
+    },
+}
+
+/// The ring buffer of recent events.
+#[derive(Debug)]
+pub struct EventLog {
+    ring: RwLock<Ring>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    /// `capacity` slots (a power of two); slot `pos & mask` holds the event at `pos`.
+    slots: Box<[Option<Arc<Event>>]>,
+    mask: u64,
+    /// The logical capacity asked for (at most `slots.len()`).
+    capacity: u64,
+    /// Position of the oldest event held.
+    start: u64,
+    /// Position the next event will take.
+    end: u64,
+    /// The ring holds every event with an id above `floor`: it is the id of the last
+    /// evicted event, or where the source started reading.
+    floor: u64,
+    /// The id of the newest event read by the source (the gateway's head).
+    head: u64,
+}
+
+impl Ring {
+    fn event_at(&self, pos: u64) -> &Arc<Event> {
+        // Positions in start..end always hold an event.
+        self.slots[(pos & self.mask) as usize]
+            .as_ref()
+            .expect("positions between start and end hold events")
+    }
+
+    /// The first position whose event id is above `id`.
+    fn position_after(&self, id: u64) -> u64 {
+        let (mut low, mut high) = (self.start, self.end);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if self.event_at(mid).id <= id {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        low
+    }
+}
+
+impl EventLog {
+    /// A log that keeps the last `capacity` events (at least 1), starting at `head`: the
+    /// id up to which the source has already read.
+    pub fn new(capacity: usize, head: u64) -> EventLog {
+        let capacity = capacity.max(1) as u64;
+        let slots = capacity.next_power_of_two();
+        EventLog {
+            ring: RwLock::new(Ring {
+                slots: (0..slots).map(|_| None).collect(),
+                mask: slots - 1,
+                capacity,
+                start: 0,
+                end: 0,
+                floor: head,
+                head,
+            }),
+        }
+    }
+
+    /// Appends events in id order, evicting the oldest beyond capacity. Events whose
+    /// id is not above the head are ignored (a source that re-reads after reconnecting
+    /// never duplicates).
+    pub fn append(&self, events: impl IntoIterator<Item = Arc<Event>>) {
+        let mut ring = self.ring.write();
+        for event in events {
+            if event.id <= ring.head {
+                continue;
+            }
+            if ring.end - ring.start == ring.capacity {
+                let oldest = (ring.start & ring.mask) as usize;
+                if let Some(evicted) = ring.slots[oldest].take() {
+                    ring.floor = evicted.id;
+                }
+                ring.start += 1;
+            }
+            ring.head = event.id;
+            let slot = (ring.end & ring.mask) as usize;
+            ring.slots[slot] = Some(event);
+            ring.end += 1;
+        }
+    }
+
+    /// The id of the newest event the source has read.
+    pub fn head(&self) -> u64 {
+        self.ring.read().head
+    }
+
+    /// How many events the ring holds.
+    pub fn len(&self) -> usize {
+        let ring = self.ring.read();
+        (ring.end - ring.start) as usize
+    }
+
+    /// Whether the ring holds no events.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the ring holds every event after `id`.
+    pub fn covers(&self, id: u64) -> bool {
+        id >= self.ring.read().floor
+    }
+
+    /// Copies out the events after `cursor` that pass `keep`, at most `max` of them, in
+    /// id order; O(log n) to find the start. The read lock is held only while copying
+    /// `Arc`s, never across an await.
+    pub fn read_after(
+        &self,
+        cursor: u64,
+        max: usize,
+        mut keep: impl FnMut(&Event) -> bool,
+        out: &mut Vec<Arc<Event>>,
+    ) -> Read {
+        let ring = self.ring.read();
+        if cursor < ring.floor {
+            return Read::Behind { floor: ring.floor };
+        }
+        let mut position = cursor;
+        let mut taken = 0;
+        let mut pos = ring.position_after(cursor);
+        while pos < ring.end {
+            if taken == max {
+                return Read::Scanned {
+                    position,
+                    more: true,
+                };
+            }
+            let event = ring.event_at(pos);
+            if keep(event) {
+                out.push(Arc::clone(event));
+                taken += 1;
+            }
+            position = event.id;
+            pos += 1;
+        }
+        Read::Scanned {
+            position: cursor.max(ring.head),
+            more: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ChangeRecord;
+    use serde_json::json;
+
+    fn event(id: i64) -> Arc<Event> {
+        Arc::new(
+            Event::from_record(ChangeRecord {
+                id,
+                table: "orders".into(),
+                op: "INSERT".into(),
+                row: Some(json!({"id": id})),
+                old: None,
+                committed_at: "2026-01-01T00:00:00.000000Z".into(),
+                committed_at_micros: 0,
+            })
+            .unwrap(),
+        )
+    }
+
+    fn ids(events: &[Arc<Event>]) -> Vec<u64> {
+        events.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn reader_gets_exactly_the_events_after_its_cursor_across_gaps() {
+        let log = EventLog::new(8, 0);
+        log.append([1, 2, 5, 9, 10].map(event));
+        let mut out = Vec::new();
+        let read = log.read_after(2, usize::MAX, |_| true, &mut out);
+        assert_eq!(ids(&out), [5, 9, 10]);
+        assert_eq!(
+            read,
+            Read::Scanned {
+                position: 10,
+                more: false
+            }
+        );
+        out.clear();
+        // A cursor inside a gap resumes at the next id.
+        log.read_after(6, usize::MAX, |_| true, &mut out);
+        assert_eq!(ids(&out), [9, 10]);
+    }
+
+    #[test]
+    fn eviction_moves_the_floor_and_old_cursors_are_behind() {
+        let log = EventLog::new(3, 0);
+        log.append((1..=5).map(event));
+        assert_eq!(log.len(), 3);
+        let mut out = Vec::new();
+        assert_eq!(
+            log.read_after(1, 10, |_| true, &mut out),
+            Read::Behind { floor: 2 }
+        );
+        assert!(out.is_empty());
+        assert_eq!(
+            log.read_after(2, 10, |_| true, &mut out),
+            Read::Scanned {
+                position: 5,
+                more: false
+            }
+        );
+        assert_eq!(ids(&out), [3, 4, 5]);
+    }
+
+    #[test]
+    fn filtered_reads_still_advance_the_position_to_the_head() {
+        let log = EventLog::new(16, 0);
+        log.append((1..=6).map(event));
+        let mut out = Vec::new();
+        let read = log.read_after(0, 10, |e| e.id % 2 == 0, &mut out);
+        assert_eq!(ids(&out), [2, 4, 6]);
+        assert_eq!(
+            read,
+            Read::Scanned {
+                position: 6,
+                more: false
+            }
+        );
+        out.clear();
+        let read = log.read_after(0, 10, |_| false, &mut out);
+        assert_eq!(
+            read,
+            Read::Scanned {
+                position: 6,
+                more: false
+            }
+        );
+    }
+
+    #[test]
+    fn max_limits_a_batch_and_reports_more() {
+        let log = EventLog::new(16, 0);
+        log.append((1..=6).map(event));
+        let mut out = Vec::new();
+        let read = log.read_after(0, 2, |_| true, &mut out);
+        assert_eq!(
+            read,
+            Read::Scanned {
+                position: 2,
+                more: true
+            }
+        );
+        assert_eq!(ids(&out), [1, 2]);
+    }
+
+    #[test]
+    fn cursor_ahead_of_head_waits_without_moving_back() {
+        let log = EventLog::new(4, 0);
+        log.append((1..=3).map(event));
+        let mut out = Vec::new();
+        let read = log.read_after(100, 10, |_| true, &mut out);
+        assert_eq!(
+            read,
+            Read::Scanned {
+                position: 100,
+                more: false
+            }
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn duplicate_or_old_events_are_ignored_on_append() {
+        let log = EventLog::new(4, 5);
+        log.append([3, 6, 6, 7].map(event));
+        let mut out = Vec::new();
+        log.read_after(5, 10, |_| true, &mut out);
+        assert_eq!(ids(&out), [6, 7]);
+        assert!(!log.covers(4));
+        assert!(log.covers(5));
+    }
+}

@@ -1,0 +1,117 @@
+//! The `rowcast` binary: parse the configuration, start the gateway, serve until a
+//! signal, drain, exit.
+
+use std::process::ExitCode;
+
+use rowcast::config::{self, Command, Config};
+use rowcast::gateway::{self, Gateway};
+use rowcast::pg::migrate;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match config::parse(&args, &config::ProcessEnv) {
+        Ok(command) => command,
+        Err(err) => return fail(&err),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&err),
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::Help => {
+                print!("{}", config::USAGE);
+                Ok(())
+            }
+            Command::Version => {
+                println!("rowcast {}", env!("CARGO_PKG_VERSION"));
+                Ok(())
+            }
+            Command::Serve(config) => serve(config).await,
+            Command::Migrate(config) => migrate_only(config, false).await,
+            Command::Seed(config) => migrate_only(config, true).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&*err),
+    }
+}
+
+/// The last line on stderr for a failure: one clear sentence, no backtrace.
+fn fail(err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("rowcast: error: {err}");
+    ExitCode::FAILURE
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+async fn serve(config: Config) -> Result<(), BoxError> {
+    let max_connections = rowcast::http::server::connection_ceiling(config.max_connections);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let gateway = Gateway::start(config).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening on http://{addr}");
+    let server = tokio::spawn(rowcast::http::run(
+        listener,
+        std::sync::Arc::clone(&gateway),
+        max_connections,
+    ));
+    wait_for_signal().await;
+    tracing::info!("signal received; shutting down");
+    gateway.shutdown.cancel();
+    let _ = server.await;
+    gateway.stop().await;
+    tracing::info!("bye");
+    Ok(())
+}
+
+async fn migrate_only(config: Config, seed: bool) -> Result<(), BoxError> {
+    let (target, embedded) = gateway::resolve_database(&config).await?;
+    let result = async {
+        let mut client = gateway::connect_within(&target, gateway::STARTUP_DEADLINE).await?;
+        if config.migrate || !seed {
+            let applied = migrate::apply(&mut client).await?;
+            println!("migrations applied: {applied:?}");
+        }
+        if seed {
+            let inserted = migrate::seed(&client).await?;
+            println!("sample orders inserted: {inserted}");
+        }
+        Ok::<(), rowcast::pg::DbError>(())
+    }
+    .await;
+    if let Some(server) = embedded {
+        let _ = server.stop();
+    }
+    Ok(result?)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::warn!(%err, "cannot watch SIGTERM; only SIGINT stops the gateway");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

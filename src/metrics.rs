@@ -1,0 +1,332 @@
+//! Counters and gauges, rendered in the Prometheus text format at `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subtracts one.
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) of the commit→send histogram's buckets.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A fixed-bucket histogram of durations.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe_micros(&self, micros: i64) {
+        let micros = micros.max(0) as u64;
+        let seconds = micros as f64 / 1e6;
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// The two stream transports, as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// WebSocket (`/ws`).
+    Ws,
+    /// Server-Sent Events (`/events`).
+    Sse,
+}
+
+impl Transport {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+/// Every metric the gateway exports.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Open WebSocket streams.
+    pub connections_ws: Gauge,
+    /// Open SSE streams.
+    pub connections_sse: Gauge,
+    /// Events read from `change_log` by the source.
+    pub events_captured: Counter,
+    /// Change events written to WebSocket clients.
+    pub delivered_ws: Counter,
+    /// Change events written to SSE clients.
+    pub delivered_sse: Counter,
+    /// Times the source reconnected after losing the database.
+    pub db_reconnects: Counter,
+    /// Clients closed because a write stayed blocked past `--send-timeout`.
+    pub lagging_disconnects: Counter,
+    /// Connections refused because the connection limit was reached.
+    pub refused_connections: Counter,
+    /// Rows deleted by retention.
+    pub pruned_rows: Counter,
+    /// Commit → first send, per event.
+    pub commit_to_send: Histogram,
+    /// Source lag in microseconds at the last read (0 when caught up).
+    source_lag_micros: AtomicI64,
+    /// HTTP responses by status code (index = code; 100..=599).
+    http_responses: [AtomicU64; 600],
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            connections_ws: Gauge::default(),
+            connections_sse: Gauge::default(),
+            events_captured: Counter::default(),
+            delivered_ws: Counter::default(),
+            delivered_sse: Counter::default(),
+            db_reconnects: Counter::default(),
+            lagging_disconnects: Counter::default(),
+            refused_connections: Counter::default(),
+            pruned_rows: Counter::default(),
+            commit_to_send: Histogram::default(),
+            source_lag_micros: AtomicI64::new(0),
+            http_responses: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Metrics {
+    /// The gauge of open streams of a transport.
+    pub fn connections(&self, transport: Transport) -> &Gauge {
+        match transport {
+            Transport::Ws => &self.connections_ws,
+            Transport::Sse => &self.connections_sse,
+        }
+    }
+
+    /// The counter of change events delivered over a transport.
+    pub fn delivered(&self, transport: Transport) -> &Counter {
+        match transport {
+            Transport::Ws => &self.delivered_ws,
+            Transport::Sse => &self.delivered_sse,
+        }
+    }
+
+    /// Counts one HTTP response.
+    pub fn record_response(&self, status: u16) {
+        if let Some(counter) = self.http_responses.get(usize::from(status)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the source lag.
+    pub fn set_source_lag_micros(&self, micros: i64) {
+        self.source_lag_micros
+            .store(micros.max(0), Ordering::Relaxed);
+    }
+
+    /// Renders everything in the Prometheus text format; `ring_events` and `live` are
+    /// read from the log and the source at render time.
+    pub fn render(&self, ring_events: usize, source_live: bool) -> String {
+        let mut out = String::with_capacity(4096);
+        let write_family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        write_family(
+            &mut out,
+            "rowcast_connections",
+            "gauge",
+            "Open stream connections.",
+        );
+        for transport in [Transport::Ws, Transport::Sse] {
+            let _ = writeln!(
+                out,
+                "rowcast_connections{{transport=\"{}\"}} {}",
+                transport.label(),
+                self.connections(transport).get()
+            );
+        }
+        write_family(
+            &mut out,
+            "rowcast_events_captured_total",
+            "counter",
+            "Events read from realtime.change_log.",
+        );
+        let _ = writeln!(
+            out,
+            "rowcast_events_captured_total {}",
+            self.events_captured.get()
+        );
+        write_family(
+            &mut out,
+            "rowcast_events_delivered_total",
+            "counter",
+            "Change events written to clients.",
+        );
+        for transport in [Transport::Ws, Transport::Sse] {
+            let _ = writeln!(
+                out,
+                "rowcast_events_delivered_total{{transport=\"{}\"}} {}",
+                transport.label(),
+                self.delivered(transport).get()
+            );
+        }
+        write_family(
+            &mut out,
+            "rowcast_ring_events",
+            "gauge",
+            "Events held in memory.",
+        );
+        let _ = writeln!(out, "rowcast_ring_events {ring_events}");
+        write_family(
+            &mut out,
+            "rowcast_source_live",
+            "gauge",
+            "1 while the source is connected and reading.",
+        );
+        let _ = writeln!(out, "rowcast_source_live {}", u8::from(source_live));
+        write_family(
+            &mut out,
+            "rowcast_source_lag_seconds",
+            "gauge",
+            "Age of the newest event at the source's last read (0 when caught up).",
+        );
+        let lag = self.source_lag_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "rowcast_source_lag_seconds {lag}");
+        for (name, help, counter) in [
+            (
+                "rowcast_db_reconnects_total",
+                "Source reconnections after losing the database.",
+                &self.db_reconnects,
+            ),
+            (
+                "rowcast_lagging_disconnects_total",
+                "Clients closed for staying blocked past --send-timeout.",
+                &self.lagging_disconnects,
+            ),
+            (
+                "rowcast_refused_connections_total",
+                "Connections answered 503 at the connection limit.",
+                &self.refused_connections,
+            ),
+            (
+                "rowcast_pruned_rows_total",
+                "change_log rows deleted by retention.",
+                &self.pruned_rows,
+            ),
+        ] {
+            write_family(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", counter.get());
+        }
+        write_family(
+            &mut out,
+            "rowcast_http_responses_total",
+            "counter",
+            "HTTP responses by status code.",
+        );
+        for (status, counter) in self.http_responses.iter().enumerate() {
+            let count = counter.load(Ordering::Relaxed);
+            if count > 0 {
+                let _ = writeln!(
+                    out,
+                    "rowcast_http_responses_total{{status=\"{status}\"}} {count}"
+                );
+            }
+        }
+        write_family(
+            &mut out,
+            "rowcast_commit_to_send_seconds",
+            "histogram",
+            "Time from commit to the first send of each event.",
+        );
+        self.commit_to_send
+            .render("rowcast_commit_to_send_seconds", &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendering_names_every_documented_metric() {
+        let metrics = Metrics::default();
+        metrics.record_response(404);
+        metrics.commit_to_send.observe_micros(1500);
+        metrics.delivered(Transport::Sse).add(3);
+        let text = metrics.render(7, true);
+        for needle in [
+            "rowcast_connections{transport=\"ws\"} 0",
+            "rowcast_connections{transport=\"sse\"} 0",
+            "rowcast_events_captured_total 0",
+            "rowcast_events_delivered_total{transport=\"sse\"} 3",
+            "rowcast_ring_events 7",
+            "rowcast_source_lag_seconds 0",
+            "rowcast_db_reconnects_total 0",
+            "rowcast_lagging_disconnects_total 0",
+            "rowcast_http_responses_total{status=\"404\"} 1",
+            "rowcast_commit_to_send_seconds_bucket{le=\"0.0025\"} 1",
+            "rowcast_commit_to_send_seconds_bucket{le=\"0.001\"} 0",
+            "rowcast_commit_to_send_seconds_count 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle}\n{text}");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The queries on `realtime.change_log`: cursor reads, the head, the retention
+//! horizon, the tracked tables.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio_postgres::types::Json;
+use tokio_postgres::{GenericClient, Row};
+
+use super::DbError;
+use crate::event::{ChangeRecord, Event};
+use crate::filter::Catalog;
+
+/// Events after `cursor`, in id order, at most `limit`.
+pub const READ_AFTER: &str = r#"
+    SELECT id, "table", op, row, old,
+           to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+           (extract(epoch FROM committed_at) * 1000000)::int8
+    FROM realtime.change_log
+    WHERE id > $1
+    ORDER BY id
+    LIMIT $2"#;
+
+/// The position a new reader starts from: the newest id that ever existed, even if
+/// retention has since deleted it.
+pub const HEAD: &str = "SELECT greatest(
+        (SELECT coalesce(max(id), 0) FROM realtime.change_log),
+        (SELECT pruned_upto FROM realtime.retention))";
+
+/// Converts one row of [`READ_AFTER`].
+pub fn record_of(row: &Row) -> Result<ChangeRecord, tokio_postgres::Error> {
+    Ok(ChangeRecord {
+        id: row.try_get(0)?,
+        table: row.try_get(1)?,
+        op: row.try_get(2)?,
+        row: row.try_get::<_, Option<Json<Value>>>(3)?.map(|j| j.0),
+        old: row.try_get::<_, Option<Json<Value>>>(4)?.map(|j| j.0),
+        committed_at: row.try_get(5)?,
+        committed_at_micros: row.try_get(6)?,
+    })
+}
+
+/// Reads up to `limit` events after `cursor`. Rows that cannot become events are
+/// logged and skipped, so one corrupt row never stalls every stream.
+pub async fn read_after(
+    client: &impl GenericClient,
+    cursor: u64,
+    limit: i64,
+) -> Result<Vec<Arc<Event>>, DbError> {
+    let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+    let rows = client.query(READ_AFTER, &[&cursor, &limit]).await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let event = record_of(row)
+            .map_err(|e| e.to_string())
+            .and_then(|record| Event::from_record(record).map_err(|e| e.to_string()));
+        match event {
+            Ok(event) => events.push(Arc::new(event)),
+            Err(err) => tracing::error!(%err, "skipping a change_log row"),
+        }
+    }
+    Ok(events)
+}
+
+/// The newest id that ever existed (see [`HEAD`]).
+pub async fn head(client: &impl GenericClient) -> Result<u64, DbError> {
+    let head: i64 = client.query_one(HEAD, &[]).await?.try_get(0)?;
+    Ok(head.max(0) as u64)
+}
+
+/// The highest id retention has deleted (0 if none).
+pub async fn pruned_upto(client: &impl GenericClient) -> Result<u64, DbError> {
+    let pruned: i64 = client
+        .query_one("SELECT pruned_upto FROM realtime.retention", &[])
+        .await?
+        .try_get(0)?;
+    Ok(pruned.max(0) as u64)
+}
+
+/// The tracked tables and their columns.
+pub async fn catalog(client: &impl GenericClient) -> Result<Catalog, DbError> {
+    let rows = client
+        .query(
+            "SELECT CASE WHEN n.nspname = 'public' THEN c.relname::text
+                         ELSE n.nspname || '.' || c.relname END,
+                    array_agg(a.attname::text ORDER BY a.attnum)
+             FROM realtime.tracked t
+             JOIN pg_class c ON c.oid = t.relid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             GROUP BY 1",
+            &[],
+        )
+        .await?;
+    let mut tables = Vec::with_capacity(rows.len());
+    for row in rows {
+        tables.push((row.try_get(0)?, row.try_get(1)?));
+    }
+    Ok(Catalog::new(tables))
+}
+
+/// Deletes one retention batch; returns how many rows went.
+pub async fn prune(
+    client: &impl GenericClient,
+    max_age: Option<std::time::Duration>,
+    max_rows: Option<u64>,
+    batch: i32,
+) -> Result<u64, DbError> {
+    let age_seconds = max_age.map(|age| age.as_secs_f64());
+    let max_rows = max_rows.map(|rows| i64::try_from(rows).unwrap_or(i64::MAX));
+    let deleted: i64 = client
+        .query_one(
+            "SELECT realtime.prune(make_interval(secs => $1), $2, $3)",
+            &[&age_seconds, &max_rows, &batch],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(deleted.max(0) as u64)
+}

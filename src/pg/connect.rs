@@ -1,0 +1,587 @@
+//! Where the database is and how to reach it: URLs, libpq's `PG*` variables, TLS
+//! modes (`sslmode=disable|prefer|require|verify-ca|verify-full`), and errors that say
+//! in one line what went wrong.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// How much the client checks the server's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, unverified (libpq's default).
+    Prefer,
+    /// TLS always, certificate not verified (libpq's `require` without a root cert).
+    Require,
+    /// TLS, chain verified against the roots, host name not checked.
+    VerifyCa,
+    /// TLS, chain and host name verified.
+    VerifyFull,
+}
+
+/// A database to connect to.
+#[derive(Clone)]
+pub struct DbTarget {
+    config: tokio_postgres::Config,
+    tls: TlsMode,
+    root_cert: Option<PathBuf>,
+}
+
+impl fmt::Debug for DbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the password.
+        write!(f, "DbTarget({self})")
+    }
+}
+
+impl fmt::Display for DbTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = match self.config.get_hosts().first() {
+            Some(Host::Tcp(host)) => host.clone(),
+            Some(Host::Unix(path)) => path.display().to_string(),
+            None => "localhost".to_owned(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        write!(
+            f,
+            "{host}:{port}/{} as {}",
+            self.config.get_dbname().unwrap_or("?"),
+            self.config.get_user().unwrap_or("?")
+        )
+    }
+}
+
+/// Why a database operation failed, sorted by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL or the `PG*` variables do not describe a database.
+    #[error("invalid database configuration: {0}")]
+    Config(String),
+    /// Nothing answered, or the connection broke: worth retrying.
+    #[error("cannot reach PostgreSQL at {target}: {reason}")]
+    Unreachable {
+        /// Where we tried.
+        target: String,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The server refused the credentials: retrying will not help.
+    #[error("PostgreSQL at {target} refused the login: {reason}")]
+    Auth {
+        /// Where we tried.
+        target: String,
+        /// The server's message.
+        reason: String,
+    },
+    /// The database named does not exist.
+    #[error("PostgreSQL at {target}: {reason}")]
+    NoDatabase {
+        /// Where we tried.
+        target: String,
+        /// The server's message.
+        reason: String,
+    },
+    /// The TLS handshake failed (no TLS offered, bad certificate, wrong host name).
+    #[error("TLS to PostgreSQL at {target} failed: {reason}")]
+    Tls {
+        /// Where we tried.
+        target: String,
+        /// What the TLS layer said.
+        reason: String,
+    },
+    /// The schema rowcast needs is missing (`--no-migrate` against a fresh database).
+    #[error("the rowcast schema is missing or incomplete ({0}); run `rowcast migrate` or drop --no-migrate")]
+    SchemaMissing(String),
+    /// No pooled connection became free in time.
+    #[error("no database connection became free within {0:?}")]
+    PoolTimeout(Duration),
+    /// Any other error from the server or the driver.
+    #[error("database error: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+impl DbError {
+    /// Whether retrying can never help (bad configuration, credentials, database).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            DbError::Config(_)
+                | DbError::Auth { .. }
+                | DbError::NoDatabase { .. }
+                | DbError::Tls { .. }
+                | DbError::SchemaMissing(_)
+        )
+    }
+
+    /// The SQLSTATE code when the server sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            DbError::Query(err) => err.code().map(|code| code.code()),
+            _ => None,
+        }
+    }
+}
+
+/// The driver's connection object for our TLS setup.
+pub type PgConnection =
+    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads libpq's environment: the variables rowcast honours.
+pub const LIBPQ_VARS: [&str; 6] = [
+    "PGHOST",
+    "PGPORT",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGDATABASE",
+    "PGSSLMODE",
+];
+
+impl DbTarget {
+    /// Parses a `postgres://` URL or a libpq `key=value` string. Adds what the driver
+    /// lacks: `sslmode=verify-ca|verify-full` and `sslrootcert=<file>`.
+    pub fn from_url(url: &str) -> Result<DbTarget, DbError> {
+        let (rest, tls, root_cert) = extract_tls_options(url)?;
+        let mut config: tokio_postgres::Config = rest
+            .parse()
+            .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+        let tls = tls.unwrap_or(match config.get_ssl_mode() {
+            SslMode::Disable => TlsMode::Disable,
+            SslMode::Require => TlsMode::Require,
+            _ => TlsMode::Prefer,
+        });
+        if config.get_user().is_none() {
+            config.user(os_user());
+        }
+        DbTarget::finish(config, tls, root_cert)
+    }
+
+    /// Builds a target from libpq's variables (`lookup` reads one), with libpq's
+    /// defaults for the rest: localhost, 5432, the OS user, a database named after it.
+    pub fn from_libpq_env(lookup: impl Fn(&str) -> Option<String>) -> Result<DbTarget, DbError> {
+        let mut config = tokio_postgres::Config::new();
+        let host = lookup("PGHOST").unwrap_or_else(|| "localhost".to_owned());
+        if host.starts_with('/') {
+            config.host_path(&host);
+        } else {
+            config.host(&host);
+        }
+        if let Some(port) = lookup("PGPORT") {
+            let port = port
+                .parse()
+                .map_err(|_| DbError::Config(format!("PGPORT={port:?} is not a port number")))?;
+            config.port(port);
+        }
+        let user = lookup("PGUSER").unwrap_or_else(os_user);
+        config.dbname(lookup("PGDATABASE").unwrap_or_else(|| user.clone()));
+        config.user(&user);
+        if let Some(password) = lookup("PGPASSWORD") {
+            config.password(password);
+        }
+        let tls = match lookup("PGSSLMODE") {
+            Some(mode) => parse_tls_mode(&mode)?,
+            None => TlsMode::Prefer,
+        };
+        let root_cert = lookup("PGSSLROOTCERT").map(PathBuf::from);
+        DbTarget::finish(config, tls, root_cert)
+    }
+
+    /// The libpq defaults alone: what `rowcast` tries on localhost:5432.
+    pub fn local_default() -> DbTarget {
+        // Cannot fail: no variable is read.
+        DbTarget::from_libpq_env(|_| None).unwrap_or_else(|_| unreachable!())
+    }
+
+    fn finish(
+        mut config: tokio_postgres::Config,
+        tls: TlsMode,
+        root_cert: Option<PathBuf>,
+    ) -> Result<DbTarget, DbError> {
+        config.ssl_mode(match tls {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            _ => SslMode::Require,
+        });
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        config.keepalives_idle(Duration::from_secs(30));
+        if config.get_hosts().is_empty() {
+            config.host("localhost");
+        }
+        if config.get_dbname().is_none() {
+            let user = config.get_user().unwrap_or("postgres").to_owned();
+            config.dbname(user);
+        }
+        config.application_name("rowcast");
+        Ok(DbTarget {
+            config,
+            tls,
+            root_cert,
+        })
+    }
+
+    /// The TLS mode in force.
+    pub fn tls_mode(&self) -> TlsMode {
+        self.tls
+    }
+
+    /// The database name.
+    pub fn dbname(&self) -> &str {
+        self.config.get_dbname().unwrap_or_default()
+    }
+
+    /// The same server and credentials, another database.
+    pub fn with_dbname(&self, dbname: &str) -> DbTarget {
+        let mut other = self.clone();
+        other.config.dbname(dbname);
+        other
+    }
+
+    /// Opens one connection; the caller drives the returned connection future.
+    pub async fn connect(&self) -> Result<(Client, PgConnection), DbError> {
+        let tls = MakeRustlsConnect::new(self.tls_config()?);
+        self.config
+            .connect(tls)
+            .await
+            .map_err(|err| classify(err, &self.to_string()))
+    }
+
+    /// Opens one connection and spawns its driver; for connections that don't LISTEN.
+    pub async fn connect_spawned(&self) -> Result<Client, DbError> {
+        let (client, connection) = self.connect().await?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%err, "database connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    fn tls_config(&self) -> Result<ClientConfig, DbError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| DbError::Config(format!("TLS setup: {e}")))?;
+        let config = match self.tls {
+            TlsMode::Disable | TlsMode::Prefer | TlsMode::Require => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+                .with_no_client_auth(),
+            TlsMode::VerifyCa | TlsMode::VerifyFull => {
+                let roots = Arc::new(self.root_store()?);
+                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| DbError::Config(format!("TLS roots: {e}")))?;
+                if self.tls == TlsMode::VerifyFull {
+                    builder.with_webpki_verifier(webpki).with_no_client_auth()
+                } else {
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(IgnoreHostName(webpki)))
+                        .with_no_client_auth()
+                }
+            }
+        };
+        Ok(config)
+    }
+
+    fn root_store(&self) -> Result<RootCertStore, DbError> {
+        let mut roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &self.root_cert {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| DbError::Config(format!("sslrootcert {}: {e}", path.display())))?;
+            for cert in certs {
+                let cert = cert
+                    .map_err(|e| DbError::Config(format!("sslrootcert {}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| DbError::Config(format!("sslrootcert {}: {e}", path.display())))?;
+            }
+        }
+        Ok(roots)
+    }
+}
+
+fn os_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "postgres".to_owned())
+}
+
+fn parse_tls_mode(mode: &str) -> Result<TlsMode, DbError> {
+    Ok(match mode {
+        "disable" => TlsMode::Disable,
+        "allow" | "prefer" => TlsMode::Prefer,
+        "require" => TlsMode::Require,
+        "verify-ca" => TlsMode::VerifyCa,
+        "verify-full" => TlsMode::VerifyFull,
+        other => return Err(DbError::Config(format!("unknown sslmode {other:?}"))),
+    })
+}
+
+/// Takes `sslmode` and `sslrootcert` out of a URL or key=value string (the driver
+/// knows neither `verify-*` nor `sslrootcert`), returning the rest for the driver.
+fn extract_tls_options(url: &str) -> Result<(String, Option<TlsMode>, Option<PathBuf>), DbError> {
+    let mut tls = None;
+    let mut root_cert = None;
+    let mut take = |key: &str, value: &str| -> Result<bool, DbError> {
+        match key {
+            "sslmode" => {
+                tls = Some(parse_tls_mode(value)?);
+                Ok(true)
+            }
+            "sslrootcert" => {
+                root_cert = Some(PathBuf::from(value));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    };
+    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        match url.split_once('?') {
+            None => url.to_owned(),
+            Some((base, query)) => {
+                let mut kept = Vec::new();
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    let value = crate::query::decode(value)
+                        .map_err(|e| DbError::Config(format!("{key}: {e}")))?;
+                    if !take(key, &value)? {
+                        kept.push(pair);
+                    }
+                }
+                if kept.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+        }
+    } else {
+        let mut kept = Vec::new();
+        for token in url.split_whitespace() {
+            let (key, value) = token.split_once('=').unwrap_or((token, ""));
+            if !take(key.trim(), value.trim_matches('\''))? {
+                kept.push(token);
+            }
+        }
+        kept.join(" ")
+    };
+    // Keep the driver's own SslMode in step with what we enforce.
+    Ok((rest, tls, root_cert))
+}
+
+/// Sorts a driver error into the variant that says what to do about it.
+pub fn classify(err: tokio_postgres::Error, target: &str) -> DbError {
+    let target = target.to_owned();
+    if let Some(db) = err.as_db_error() {
+        let reason = db.message().to_owned();
+        return match db.code().code() {
+            "28P01" | "28000" => DbError::Auth { target, reason },
+            "3D000" => DbError::NoDatabase { target, reason },
+            _ => DbError::Query(err),
+        };
+    }
+    let text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    let mut detail = None;
+    while let Some(cause) = source {
+        if cause.downcast_ref::<rustls::Error>().is_some() {
+            return DbError::Tls {
+                target,
+                reason: cause.to_string(),
+            };
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if inner.downcast_ref::<rustls::Error>().is_some() {
+                    return DbError::Tls {
+                        target,
+                        reason: inner.to_string(),
+                    };
+                }
+            }
+            detail.get_or_insert_with(|| io.to_string());
+        }
+        source = cause.source();
+    }
+    if text.contains("TLS") || text.contains("tls") || text.contains("SSL") {
+        return DbError::Tls {
+            target,
+            reason: detail.unwrap_or(text),
+        };
+    }
+    if detail.is_some() || text.contains("timeout") || text.contains("closed") {
+        return DbError::Unreachable {
+            target,
+            reason: detail.unwrap_or(text),
+        };
+    }
+    DbError::Query(err)
+}
+
+/// `require`: encrypt, but trust any certificate, as libpq does.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must verify; the host name may differ.
+#[derive(Debug)]
+struct IgnoreHostName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for IgnoreHostName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_modes_are_taken_out_of_urls_for_the_driver() {
+        let target = DbTarget::from_url(
+            "postgres://u:secret@db.example.com:6543/app?sslmode=verify-full&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(target.tls_mode(), TlsMode::VerifyFull);
+        assert_eq!(target.to_string(), "db.example.com:6543/app as u");
+        assert!(!format!("{target:?}").contains("secret"));
+        let kv = DbTarget::from_url("host=h user=u dbname=d sslmode=verify-ca").unwrap();
+        assert_eq!(kv.tls_mode(), TlsMode::VerifyCa);
+        let plain = DbTarget::from_url("postgres://u@h/d?sslmode=disable").unwrap();
+        assert_eq!(plain.tls_mode(), TlsMode::Disable);
+        assert_eq!(
+            DbTarget::from_url("postgres://u@h/d").unwrap().tls_mode(),
+            TlsMode::Prefer
+        );
+    }
+
+    #[test]
+    fn malformed_urls_and_modes_are_config_errors() {
+        for bad in [
+            "postgres://u@h/d?sslmode=sometimes",
+            "postgres://u@h:notaport/d",
+            "host=h bogus_option=1",
+        ] {
+            let err = DbTarget::from_url(bad).unwrap_err();
+            assert!(matches!(err, DbError::Config(_)), "{bad}: {err}");
+            assert!(err.is_permanent());
+        }
+    }
+
+    #[test]
+    fn libpq_variables_fill_the_target() {
+        let env = |name: &str| match name {
+            "PGHOST" => Some("db".to_owned()),
+            "PGPORT" => Some("6000".to_owned()),
+            "PGUSER" => Some("alice".to_owned()),
+            "PGSSLMODE" => Some("require".to_owned()),
+            _ => None,
+        };
+        let target = DbTarget::from_libpq_env(env).unwrap();
+        assert_eq!(target.to_string(), "db:6000/alice as alice");
+        assert_eq!(target.tls_mode(), TlsMode::Require);
+        assert!(DbTarget::from_libpq_env(|n| (n == "PGPORT").then(|| "x".into())).is_err());
+    }
+}

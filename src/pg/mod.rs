@@ -1,0 +1,12 @@
+//! Everything that talks to PostgreSQL: connecting (TLS), the pool, migrations, the
+//! embedded private server, the change-log queries and the source task.
+
+pub mod changes;
+pub mod connect;
+pub mod embedded;
+pub mod migrate;
+pub mod pool;
+pub mod source;
+
+pub use connect::{DbError, DbTarget};
+pub use pool::Pool;

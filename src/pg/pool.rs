@@ -1,0 +1,141 @@
+//! A small connection pool for REST calls, catch-up reads and retention.
+//!
+//! Bounded by a semaphore; idle connections are reused when still open; each pooled
+//! connection caches its prepared statements, since every query here is one of a
+//! handful of fixed texts.
+
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::{Client, Statement};
+
+use super::{DbError, DbTarget};
+
+/// How long a caller waits for a free connection before giving up (the REST layer
+/// answers 503).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A bounded pool of connections to one database.
+#[derive(Debug)]
+pub struct Pool {
+    target: DbTarget,
+    /// Connections not in use; checked for `is_closed` before reuse.
+    idle: Mutex<Vec<Conn>>,
+    /// One permit per connection that may exist.
+    permits: Arc<Semaphore>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+/// A connection on loan; it goes back to the pool when dropped, if still open.
+#[derive(Debug)]
+pub struct PooledClient {
+    pool: Arc<Pool>,
+    conn: Option<Conn>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pool {
+    /// A pool of at most `size` connections to `target`.
+    pub fn new(target: DbTarget, size: usize) -> Arc<Pool> {
+        Arc::new(Pool {
+            target,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(size.max(1))),
+        })
+    }
+
+    /// The database this pool connects to.
+    pub fn target(&self) -> &DbTarget {
+        &self.target
+    }
+
+    /// Borrows a connection, opening one if none is idle.
+    pub async fn get(self: &Arc<Self>) -> Result<PooledClient, DbError> {
+        let permit =
+            tokio::time::timeout(ACQUIRE_TIMEOUT, Arc::clone(&self.permits).acquire_owned())
+                .await
+                .map_err(|_| DbError::PoolTimeout(ACQUIRE_TIMEOUT))?
+                .map_err(|_| DbError::PoolTimeout(ACQUIRE_TIMEOUT))?;
+        let reused = {
+            let mut idle = self.idle.lock();
+            idle.retain(|conn| !conn.client.is_closed());
+            idle.pop()
+        };
+        let conn = match reused {
+            Some(conn) => conn,
+            None => {
+                let client = self.target.connect_spawned().await?;
+                // Timestamps in REST responses and in rows captured from our own writes
+                // are rendered in UTC, whatever the server's default.
+                client.batch_execute("SET TIME ZONE 'UTC'").await?;
+                Conn {
+                    client,
+                    statements: HashMap::new(),
+                }
+            }
+        };
+        Ok(PooledClient {
+            pool: Arc::clone(self),
+            conn: Some(conn),
+            _permit: permit,
+        })
+    }
+}
+
+impl PooledClient {
+    /// The prepared statement for `sql`, prepared once per connection.
+    pub async fn statement(&mut self, sql: &'static str) -> Result<Statement, DbError> {
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("pooled connection present until drop");
+        if let Some(statement) = conn.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = conn.client.prepare(sql).await?;
+        conn.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+impl Deref for PooledClient {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        // `conn` is only taken in `drop`.
+        &self
+            .conn
+            .as_ref()
+            .expect("pooled connection present until drop")
+            .client
+    }
+}
+
+impl DerefMut for PooledClient {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self
+            .conn
+            .as_mut()
+            .expect("pooled connection present until drop")
+            .client
+    }
+}
+
+impl Drop for PooledClient {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if !conn.client.is_closed() {
+                self.pool.idle.lock().push(conn);
+            }
+        }
+    }
+}

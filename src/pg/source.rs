@@ -1,0 +1,331 @@
+//! The source: reads `change_log` by cursor into the event log and wakes the hub.
+//!
+//! NOTIFY is only a doorbell: whatever woke it (a notification, a poll tick, a
+//! reconnect), the source runs the same query, `WHERE id > cursor ORDER BY id LIMIT n`,
+//! so every mode yields the same ids and nothing depends on NOTIFY payloads.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, Client};
+use tokio_util::sync::CancellationToken;
+
+use super::{changes, DbError, DbTarget};
+use crate::filter::Catalog;
+use crate::hub::Hub;
+use crate::log::EventLog;
+use crate::metrics::Metrics;
+
+/// How the source learns that there is something to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceMode {
+    /// LISTEN on the doorbell channel.
+    Notify,
+    /// Query every poll interval.
+    Poll,
+    /// LISTEN if notifications really arrive (a probe checks), else poll.
+    Auto,
+}
+
+impl SourceMode {
+    /// Parses `notify`, `poll` or `auto`.
+    pub fn parse(text: &str) -> Option<SourceMode> {
+        match text {
+            "notify" => Some(SourceMode::Notify),
+            "poll" => Some(SourceMode::Poll),
+            "auto" => Some(SourceMode::Auto),
+            _ => None,
+        }
+    }
+}
+
+/// The doorbell channel the capture trigger notifies.
+pub const CHANNEL: &str = "rowcast";
+/// Rows per cursor read.
+pub const BATCH: i64 = 1000;
+/// How long `auto` waits for its probe notification before it decides to poll.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// In notify mode, how often an idle source checks its connection (and reads, in case).
+const IDLE_CHECK: Duration = Duration::from_secs(2);
+/// How long one health check or read may take before the connection counts as lost.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the tracked tables and their columns are re-read.
+const CATALOG_REFRESH: Duration = Duration::from_secs(10);
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What the rest of the gateway can see of the source.
+#[derive(Debug)]
+pub struct SourceStatus {
+    /// True while connected and reading; `/readyz` reports it.
+    live: AtomicBool,
+    /// 0: not decided, 1: notify, 2: poll.
+    mode: AtomicU8,
+    /// The tracked tables, for validating stream parameters.
+    catalog: RwLock<Arc<Catalog>>,
+    /// Signalled whenever `live` changes.
+    changed: Notify,
+}
+
+impl SourceStatus {
+    /// A status that is not live, with the given catalog.
+    pub fn new(catalog: Catalog) -> Arc<SourceStatus> {
+        Arc::new(SourceStatus {
+            live: AtomicBool::new(false),
+            mode: AtomicU8::new(0),
+            catalog: RwLock::new(Arc::new(catalog)),
+            changed: Notify::new(),
+        })
+    }
+
+    /// Whether the source is connected and reading.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// The mode in use: `Some(Notify)` or `Some(Poll)` once decided.
+    pub fn mode(&self) -> Option<SourceMode> {
+        match self.mode.load(Ordering::Relaxed) {
+            1 => Some(SourceMode::Notify),
+            2 => Some(SourceMode::Poll),
+            _ => None,
+        }
+    }
+
+    /// The tracked tables.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(&self.catalog.read())
+    }
+
+    /// Waits until the source becomes live (or returns at once if it is).
+    pub async fn wait_live(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.is_live() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn set_live(&self, live: bool) {
+        if self.live.swap(live, Ordering::AcqRel) != live {
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// The source task's configuration and collaborators.
+#[derive(Debug)]
+pub struct Source {
+    /// Where to read.
+    pub target: DbTarget,
+    /// How to be woken.
+    pub mode: SourceMode,
+    /// Poll period in poll mode.
+    pub poll_interval: Duration,
+    /// Where events go.
+    pub log: Arc<EventLog>,
+    /// Who to wake.
+    pub hub: Arc<Hub>,
+    /// What others see.
+    pub status: Arc<SourceStatus>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Source {
+    /// Runs until `shutdown`: connect, read, wait for the doorbell or a tick, repeat;
+    /// reconnect with capped exponential backoff when anything fails, resuming from the
+    /// log's head so nothing is lost or read twice.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = BACKOFF_START;
+        let mut connected_before = false;
+        loop {
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                outcome = self.session(&mut backoff, &mut connected_before) => outcome,
+            };
+            self.status.set_live(false);
+            self.hub.wake_all();
+            match outcome {
+                Ok(()) => break,
+                Err(err) => tracing::warn!(%err, retry_in = ?backoff, "source lost the database"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        self.status.set_live(false);
+    }
+
+    /// One connection's life. Returns only with an error (the connection is gone).
+    async fn session(
+        &self,
+        backoff: &mut Duration,
+        connected_before: &mut bool,
+    ) -> Result<(), DbError> {
+        let (client, mut connection) = self.target.connect().await?;
+        let doorbell = Arc::new(Notify::new());
+        let lost = CancellationToken::new();
+        let driver = {
+            let doorbell = Arc::clone(&doorbell);
+            let lost = lost.clone();
+            // A spawned `Connection` drops notifications; polling messages ourselves
+            // both drives the connection and receives them.
+            tokio::spawn(async move {
+                loop {
+                    match poll_fn(|cx| connection.poll_message(cx)).await {
+                        Some(Ok(AsyncMessage::Notification(_))) => doorbell.notify_one(),
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => {
+                            tracing::debug!(%err, "source connection failed");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                lost.cancel();
+            })
+        };
+        let _abort_driver = AbortOnDrop(driver);
+
+        let mode = self.decide_mode(&client, &doorbell).await?;
+        self.status.mode.store(
+            if mode == SourceMode::Notify { 1 } else { 2 },
+            Ordering::Relaxed,
+        );
+        self.refresh_catalog(&client).await?;
+        if *connected_before {
+            self.metrics.db_reconnects.inc();
+        }
+        *connected_before = true;
+        tracing::info!(mode = ?mode, head = self.log.head(), "source connected");
+
+        let mut last_catalog = Instant::now();
+        let tick = if mode == SourceMode::Notify {
+            IDLE_CHECK
+        } else {
+            self.poll_interval
+        };
+        loop {
+            // Read until caught up; a full batch means there may be more.
+            loop {
+                let read = self.read_batch(&client).await?;
+                if !self.status.is_live() {
+                    self.status.set_live(true);
+                    *backoff = BACKOFF_START;
+                }
+                if read < BATCH as usize {
+                    break;
+                }
+            }
+            if last_catalog.elapsed() >= CATALOG_REFRESH {
+                self.refresh_catalog(&client).await?;
+                last_catalog = Instant::now();
+            }
+            tokio::select! {
+                _ = lost.cancelled() => {
+                    return Err(DbError::Unreachable {
+                        target: self.target.to_string(),
+                        reason: "connection closed".into(),
+                    });
+                }
+                _ = doorbell.notified(), if mode == SourceMode::Notify => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+    }
+
+    /// Chooses notify or poll for this connection.
+    async fn decide_mode(&self, client: &Client, doorbell: &Notify) -> Result<SourceMode, DbError> {
+        if self.mode == SourceMode::Poll {
+            return Ok(SourceMode::Poll);
+        }
+        let listen = with_timeout(client.batch_execute(&format!("LISTEN {CHANNEL}"))).await;
+        match (self.mode, listen) {
+            (SourceMode::Notify, Err(err)) => return Err(err),
+            (SourceMode::Notify, Ok(())) => return Ok(SourceMode::Notify),
+            (_, Err(err)) if err.is_permanent() => return Err(err),
+            (_, Err(err)) => {
+                tracing::warn!(%err, "LISTEN failed; polling instead");
+                return Ok(SourceMode::Poll);
+            }
+            (_, Ok(())) => {}
+        }
+        // Behind a transaction-mode pooler LISTEN "succeeds" and nothing ever arrives:
+        // ring the doorbell ourselves and see.
+        let heard = doorbell.notified();
+        with_timeout(client.batch_execute(&format!("NOTIFY {CHANNEL}, 'probe'"))).await?;
+        if tokio::time::timeout(PROBE_TIMEOUT, heard).await.is_ok() {
+            Ok(SourceMode::Notify)
+        } else {
+            tracing::warn!(
+                poll_interval = ?self.poll_interval,
+                "LISTEN/NOTIFY does not work on this connection (a pooler in transaction mode?); polling instead"
+            );
+            let _ = with_timeout(client.batch_execute(&format!("UNLISTEN {CHANNEL}"))).await;
+            Ok(SourceMode::Poll)
+        }
+    }
+
+    /// Reads one batch after the head into the log; returns how many rows came.
+    async fn read_batch(&self, client: &Client) -> Result<usize, DbError> {
+        let started = std::time::SystemTime::now();
+        let events = with_timeout(changes::read_after(client, self.log.head(), BATCH)).await?;
+        let count = events.len();
+        match events.last() {
+            Some(newest) => {
+                let now_micros = started
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as i64)
+                    .unwrap_or(0);
+                self.metrics
+                    .set_source_lag_micros(now_micros - newest.committed_at_micros);
+                self.metrics.events_captured.add(count as u64);
+                let mut tables: Vec<Arc<str>> = Vec::new();
+                for event in &events {
+                    if !tables.iter().any(|t| *t == event.table) {
+                        tables.push(Arc::clone(&event.table));
+                    }
+                }
+                self.log.append(events);
+                self.hub.wake(tables.iter().map(|t| &**t));
+            }
+            None => self.metrics.set_source_lag_micros(0),
+        }
+        Ok(count)
+    }
+
+    async fn refresh_catalog(&self, client: &Client) -> Result<(), DbError> {
+        let catalog = with_timeout(changes::catalog(client)).await?;
+        *self.status.catalog.write() = Arc::new(catalog);
+        Ok(())
+    }
+}
+
+async fn with_timeout<T, E: Into<DbError>>(
+    future: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(QUERY_TIMEOUT, future).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(DbError::Unreachable {
+            target: "the source connection".into(),
+            reason: format!("no answer within {QUERY_TIMEOUT:?}"),
+        }),
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
