@@ -1,0 +1,447 @@
+//! Stream clients over real sockets: tokio-tungstenite for WebSocket, raw HTTP/1.1
+//! (chunked decoding by hand) for SSE.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::WAIT;
+
+/// A WebSocket client.
+pub struct WsClient {
+    /// The socket, for tests that send their own frames.
+    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a WebSocket stream ended.
+#[derive(Debug, PartialEq)]
+pub enum WsEnd {
+    /// A close frame with this code.
+    Closed(u16, String),
+    /// The TCP connection ended without a close frame.
+    Dropped,
+}
+
+impl WsClient {
+    /// Connects to `/ws?{query}`.
+    pub async fn connect(addr: SocketAddr, query: &str) -> WsClient {
+        let url = format!("ws://{addr}/ws?{query}");
+        let (socket, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("ws connect timed out")
+            .expect("ws connect");
+        WsClient { socket }
+    }
+
+    /// The next JSON text message (heartbeats skipped unless `keep_heartbeats`).
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("no WebSocket message in time")
+                .expect("WebSocket ended")
+                .expect("WebSocket error");
+            match message {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(text.as_str()).expect("JSON message");
+                    if value["type"] != "heartbeat" {
+                        return value;
+                    }
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Messages up to and including `ready`.
+    pub async fn until_ready(&mut self) -> (Vec<Value>, Value) {
+        let mut before = Vec::new();
+        loop {
+            let message = self.next_json().await;
+            if message["type"] == "ready" {
+                return (before, message);
+            }
+            before.push(message);
+        }
+    }
+
+    /// The next `n` change messages.
+    pub async fn changes(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let message = self.next_json().await;
+            assert_eq!(
+                message["type"], "change",
+                "expected a change, got {message}"
+            );
+            out.push(message);
+        }
+        out
+    }
+
+    /// Sends a text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// Reads until the stream ends, skipping messages; returns how it ended.
+    pub async fn end(&mut self) -> WsEnd {
+        loop {
+            match tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("stream did not end")
+            {
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame
+                        .map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    return WsEnd::Closed(code, reason);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return WsEnd::Dropped,
+            }
+        }
+    }
+}
+
+/// One SSE block.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseEvent {
+    /// The `id:` field.
+    pub id: Option<String>,
+    /// The `event:` field.
+    pub event: Option<String>,
+    /// The `data:` lines joined.
+    pub data: Option<String>,
+    /// `retry:`.
+    pub retry: Option<String>,
+    /// Comment lines (`: keepalive`).
+    pub comments: Vec<String>,
+}
+
+impl SseEvent {
+    /// The data as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.data.as_deref().expect("data")).expect("JSON data")
+    }
+}
+
+/// A raw HTTP/1.1 SSE client.
+pub struct SseClient {
+    stream: TcpStream,
+    /// The status code of the response.
+    pub status: u16,
+    /// Response headers, lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// Decoded body bytes not yet parsed into blocks.
+    body: Vec<u8>,
+    /// Raw bytes not yet de-chunked.
+    raw: Vec<u8>,
+    chunked: bool,
+    ended: bool,
+}
+
+impl SseClient {
+    /// `GET /events?{query}` with extra request headers.
+    pub async fn connect(
+        addr: SocketAddr,
+        query: &str,
+        extra_headers: &[(&str, &str)],
+    ) -> SseClient {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let mut request = format!(
+            "GET /events?{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n"
+        );
+        for (name, value) in extra_headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("write request");
+        let mut client = SseClient {
+            stream,
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            raw: Vec::new(),
+            chunked: false,
+            ended: false,
+        };
+        client.read_head().await;
+        client
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 16384];
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf))
+            .await
+            .expect("no SSE bytes in time")
+            .unwrap_or(0);
+        self.raw.extend_from_slice(&buf[..n]);
+        n > 0
+    }
+
+    async fn read_head(&mut self) {
+        loop {
+            if let Some(end) = find(&self.raw, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.raw[..end]).into_owned();
+                self.raw.drain(..end + 4);
+                let mut lines = head.lines();
+                let status_line = lines.next().unwrap_or_default();
+                self.status = status_line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                for line in lines {
+                    if let Some((name, value)) = line.split_once(':') {
+                        self.headers
+                            .push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+                    }
+                }
+                self.chunked = self
+                    .header("transfer-encoding")
+                    .is_some_and(|v| v.contains("chunked"));
+                return;
+            }
+            assert!(
+                self.fill().await,
+                "connection closed before the response head"
+            );
+        }
+    }
+
+    /// A response header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Moves complete chunks from `raw` to `body`.
+    fn dechunk(&mut self) {
+        if !self.chunked {
+            self.body.append(&mut self.raw);
+            return;
+        }
+        loop {
+            let Some(line_end) = find(&self.raw, b"\r\n") else {
+                return;
+            };
+            let size_text = String::from_utf8_lossy(&self.raw[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .expect("chunk size");
+            if self.raw.len() < line_end + 2 + size + 2 {
+                return;
+            }
+            if size == 0 {
+                self.ended = true;
+                self.raw.clear();
+                return;
+            }
+            self.body
+                .extend_from_slice(&self.raw[line_end + 2..line_end + 2 + size]);
+            self.raw.drain(..line_end + 2 + size + 2);
+        }
+    }
+
+    /// The next block, or `None` when the stream ended.
+    pub async fn next_block(&mut self) -> Option<SseEvent> {
+        loop {
+            self.dechunk();
+            if let Some(end) = find(&self.body, b"\n\n") {
+                let text = String::from_utf8(self.body[..end].to_vec()).expect("UTF-8 block");
+                self.body.drain(..end + 2);
+                return Some(parse_block(&text));
+            }
+            if self.ended || !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// The next block with an `event:` (skips `retry:`, id-only and comment blocks).
+    pub async fn next_event(&mut self) -> SseEvent {
+        loop {
+            let block = self.next_block().await.expect("SSE stream ended");
+            if block.event.is_some() {
+                return block;
+            }
+        }
+    }
+
+    /// Events up to and including `ready`.
+    pub async fn until_ready(&mut self) -> (Vec<SseEvent>, SseEvent) {
+        let mut before = Vec::new();
+        loop {
+            let event = self.next_event().await;
+            if event.event.as_deref() == Some("ready") {
+                return (before, event);
+            }
+            before.push(event);
+        }
+    }
+
+    /// The next `n` change events.
+    pub async fn changes(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let event = self.next_event().await;
+            assert_eq!(
+                event.event.as_deref(),
+                Some("change"),
+                "expected a change, got {event:?}"
+            );
+            out.push(event);
+        }
+        out
+    }
+
+    /// Whether the stream ends (cleanly or not) within the wait.
+    pub async fn ends(&mut self) -> bool {
+        loop {
+            match self.next_block().await {
+                None => return true,
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+fn parse_block(text: &str) -> SseEvent {
+    let mut event = SseEvent::default();
+    for line in text.split('\n') {
+        if let Some(comment) = line.strip_prefix(':') {
+            event.comments.push(comment.trim().to_owned());
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+        match field {
+            "id" => event.id = Some(value),
+            "event" => event.event = Some(value),
+            "data" => {
+                event.data = Some(match event.data.take() {
+                    Some(previous) => format!("{previous}\n{value}"),
+                    None => value,
+                })
+            }
+            "retry" => event.retry = Some(value),
+            _ => {}
+        }
+    }
+    event
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Sends raw bytes and returns whatever comes back until the server closes or 2 s of
+/// silence pass.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut response = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => response.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// A response to [`http`].
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`). A JSON body
+/// gets `Content-Type: application/json` unless `headers` names one.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let has_type = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(body) = body {
+        if !has_type {
+            request.push_str("Content-Type: application/json\r\n");
+        }
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    if let Some(body) = body {
+        bytes.extend_from_slice(body);
+    }
+    // The server may answer (413) before reading a large body; ignore write errors.
+    let _ = stream.write_all(&bytes).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+    let split = find(&response, b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {:?}", String::from_utf8_lossy(&response)));
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = String::from_utf8_lossy(&response[split + 4..]).into_owned();
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
