@@ -168,6 +168,29 @@ impl Cluster {
         }
     }
 
+    /// A fresh database with no schema at all (for migration tests).
+    pub fn empty_database(&self) -> TestDb {
+        let name = format!(
+            "e_{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = self.admin.clone();
+        let statement = format!("CREATE DATABASE {name}");
+        block_on(async move {
+            let client = admin.connect_spawned().await.expect("admin connection");
+            client
+                .batch_execute(&statement)
+                .await
+                .expect("create database");
+        });
+        TestDb {
+            target: self.admin.with_dbname(&name),
+            url: format!("{}/{name}{}", self.url_base, self.url_query),
+            name,
+        }
+    }
+
     /// The private server (None under `DATABASE_URL`).
     pub fn server(&self) -> Option<&Embedded> {
         self.server.as_ref()
