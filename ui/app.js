@@ -71,6 +71,7 @@ function capitalize(s) { return s ? s[0].toUpperCase() + s.slice(1) : s; }
 function renderState(state, detail = {}) {
   const el = $('#conn-status');
   el.dataset.state = state;
+  document.body.dataset.conn = state; // the table dims while it may be stale
   let label = STATE_LABELS[state] || state;
   if (state === 'reconnecting' && !client.hasBeenLive) label = 'Connecting…';
   $('#conn-label').textContent = label;

@@ -92,7 +92,13 @@ export class RowcastClient extends EventTarget {
     this.snapshotLoaded = false;
     this.hasBeenLive = false;
     this._onOnline = () => this._wake();
-    this._onOffline = () => { if (this.state !== 'live') this._setState('offline'); };
+    // The system says the network is gone: the socket is as good as dead, so drop it
+    // now (the retries that follow read `offline` until the `online` event).
+    this._onOffline = () => {
+      if (!this.running) return;
+      if (this.socket || this.state === 'live') this._down(this.generation, new Error('browser went offline'));
+      else this._setState('offline');
+    };
   }
 
   get transport() { return this.options.transport; }
