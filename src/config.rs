@@ -62,7 +62,7 @@ impl Environment for HashMap<String, String> {
 #[derive(Debug, Clone)]
 pub enum Database {
     /// A URL or libpq variables named a server.
-    Target(DbTarget),
+    Target(Box<DbTarget>),
     /// Nothing configured: localhost:5432 if it answers, else a private server.
     Default,
 }
@@ -314,9 +314,9 @@ fn build(
         .map(|(_, v)| v)
         .or_else(|| env.var("DATABASE_URL"))
     {
-        Some(url) => Database::Target(DbTarget::from_url(&url)?),
+        Some(url) => Database::Target(Box::new(DbTarget::from_url(&url)?)),
         None if LIBPQ_VARS.iter().any(|v| env.var(v).is_some()) => {
-            Database::Target(DbTarget::from_libpq_env(|name| env.var(name))?)
+            Database::Target(Box::new(DbTarget::from_libpq_env(|name| env.var(name))?))
         }
         None => Database::Default,
     };

@@ -189,7 +189,7 @@ impl Event {
 pub fn sse_block(id: Option<u64>, event: &str, data: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + event.len() + 40);
     if let Some(id) = id {
-        let _ = write!(out, "id: {id}\n");
+        let _ = writeln!(out, "id: {id}");
     }
     out.put_slice(b"event: ");
     out.put_slice(event.as_bytes());

@@ -59,7 +59,7 @@ pub struct Gateway {
 /// The database to use, and the private server behind it if one was started.
 pub async fn resolve_database(config: &Config) -> Result<(DbTarget, Option<Embedded>), StartError> {
     match &config.database {
-        Database::Target(target) => Ok((target.clone(), None)),
+        Database::Target(target) => Ok((DbTarget::clone(target), None)),
         Database::Default => {
             let local = DbTarget::local_default();
             let answering = tokio::time::timeout(

@@ -2,11 +2,15 @@
 //! Parameterised SQL only; rows are rendered by PostgreSQL (`to_jsonb`) exactly as the
 //! capture trigger renders them in events.
 
+use std::collections::BTreeMap;
+use std::fmt;
+
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::body::{empty, full, Body};
@@ -243,7 +247,97 @@ async fn read_json(request: Request<Incoming>) -> Result<Value, ApiError> {
             }
         })?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))
+    parse_json(&bytes)
+}
+
+/// Parses a request body. Malformed JSON (not UTF-8, or not RFC 8259 syntax) is a 400.
+/// Valid JSON that [`Value`] cannot hold (a number beyond the range of `f64`, nesting
+/// deeper than serde_json's recursion limit, an unpaired surrogate escape) is still
+/// valid JSON that breaks a field rule: a 422 naming the field that holds it.
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| ApiError::MalformedJson(format!("the body is not UTF-8: {e}")))?;
+    let err = match serde_json::from_str(text) {
+        Ok(value) => return Ok(value),
+        Err(err) => err,
+    };
+    // `IgnoredAny` checks the syntax alone: no number ranges, no depth limit.
+    if serde_json::from_str::<IgnoredAny>(text).is_err() {
+        return Err(ApiError::MalformedJson(err.to_string()));
+    }
+    Err(unrepresentable(text, &err))
+}
+
+/// The 422 for a valid JSON `text` that [`Value`] cannot hold (`err` says why).
+fn unrepresentable(text: &str, err: &serde_json::Error) -> ApiError {
+    let Ok(members) = serde_json::from_str::<BTreeMap<String, IgnoredAny>>(text) else {
+        return if text.trim_start().starts_with('{') {
+            ApiError::Invalid {
+                code: "unknown_field",
+                message: format!("a field name is not valid Unicode: {err}"),
+                field: None,
+            }
+        } else {
+            not_an_object()
+        };
+    };
+    // Unknown names first, as for any body; then at most one probe per known field.
+    if let Some(unknown) = members.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return unknown_field(unknown);
+    }
+    let at_fault = FIELDS.iter().find(|field| {
+        serde_json::Deserializer::from_str(text)
+            .deserialize_map(OneField(field))
+            .is_err()
+    });
+    ApiError::Invalid {
+        code: "invalid_field",
+        message: match at_fault {
+            Some(field) => format!("{field} holds a value that cannot be accepted: {err}"),
+            None => format!("the body holds a value that cannot be accepted: {err}"),
+        },
+        field: at_fault.map(|field| (*field).to_owned()),
+    }
+}
+
+/// Reads one member of a JSON object as a [`Value`] and skips the others, to find
+/// which member [`Value`] cannot hold.
+struct OneField<'a>(&'a str);
+
+impl<'de> Visitor<'de> for OneField<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == self.0 {
+                map.next_value::<Value>()?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn not_an_object() -> ApiError {
+    ApiError::Invalid {
+        code: "invalid_body",
+        message: "the body must be a JSON object".into(),
+        field: None,
+    }
+}
+
+fn unknown_field(name: &str) -> ApiError {
+    let message = if name == "id" || name == "updated_at" {
+        format!("{name} is read-only")
+    } else {
+        format!("unknown field {name:?} (expected customer_name, product_name, status)")
+    };
+    ApiError::invalid(name, "unknown_field", message)
 }
 
 /// `application/json`, any case, with optional parameters (`; charset=utf-8`), or a
@@ -277,19 +371,10 @@ impl OrderFields {
     /// Validates a request body: a JSON object of known, well-typed fields.
     pub fn parse(body: Value) -> Result<OrderFields, ApiError> {
         let Value::Object(map) = body else {
-            return Err(ApiError::Invalid {
-                code: "invalid_body",
-                message: "the body must be a JSON object".into(),
-                field: None,
-            });
+            return Err(not_an_object());
         };
         if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            let message = if unknown == "id" || unknown == "updated_at" {
-                format!("{unknown} is read-only")
-            } else {
-                format!("unknown field {unknown:?} (expected customer_name, product_name, status)")
-            };
-            return Err(ApiError::invalid(unknown, "unknown_field", message));
+            return Err(unknown_field(unknown));
         }
         Ok(OrderFields {
             customer_name: name(&map, "customer_name")?,
@@ -426,6 +511,30 @@ mod tests {
             "99999999999",
         ] {
             assert!(parse_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn valid_json_that_value_cannot_hold_is_422_and_bad_syntax_400() {
+        let field = |body: &str| match parse_json(body.as_bytes()) {
+            Err(ApiError::Invalid { field, .. }) => field,
+            other => panic!("{body}: expected 422, got {other:?}"),
+        };
+        assert_eq!(field(r#"{"status":1e400}"#).as_deref(), Some("status"));
+        assert_eq!(
+            field(r#"{"product_name":"\udead"}"#).as_deref(),
+            Some("product_name")
+        );
+        assert_eq!(field(r#"{"colour":1e400}"#).as_deref(), Some("colour"));
+        assert_eq!(
+            field(&format!("{}{}", "[".repeat(200), "]".repeat(200))),
+            None
+        );
+        for malformed in [&b"{"[..], b"{\"a\":01}", b"\"\xff\"", b"[1,]"] {
+            assert!(
+                matches!(parse_json(malformed), Err(ApiError::MalformedJson(_))),
+                "{malformed:?}"
+            );
         }
     }
 

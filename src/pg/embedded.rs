@@ -209,7 +209,7 @@ impl Embedded {
 
     fn pg_ctl(&self, args: &[&str]) -> Result<(), EmbeddedError> {
         let mut full: Vec<&std::ffi::OsStr> = vec!["-D".as_ref(), self.data_dir.as_os_str()];
-        full.extend(args.iter().map(|a| std::ffi::OsStr::new(a)));
+        full.extend(args.iter().map(std::ffi::OsStr::new));
         self.run_tool("pg_ctl", &full)
     }
 

@@ -313,12 +313,8 @@ impl SseClient {
 
     /// Whether the stream ends (cleanly or not) within the wait.
     pub async fn ends(&mut self) -> bool {
-        loop {
-            match self.next_block().await {
-                None => return true,
-                Some(_) => {}
-            }
-        }
+        while self.next_block().await.is_some() {}
+        true
     }
 }
 
@@ -444,4 +440,303 @@ pub async fn http(
         headers,
         body,
     }
+}
+
+impl WsClient {
+    /// Connects to `/ws?{query}` over a TCP stream the caller prepared (for example
+    /// with a small receive buffer, see [`small_buffer_stream`]).
+    pub async fn connect_on(stream: TcpStream, addr: SocketAddr, query: &str) -> WsClient {
+        let url = format!("ws://{addr}/ws?{query}");
+        let (socket, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("ws connect timed out")
+        .expect("ws connect");
+        WsClient { socket }
+    }
+
+    /// The next frame of any kind, heartbeats and pings included.
+    pub async fn next_message(&mut self) -> Message {
+        tokio::time::timeout(WAIT, self.socket.next())
+            .await
+            .expect("no WebSocket message in time")
+            .expect("WebSocket ended")
+            .expect("WebSocket error")
+    }
+}
+
+impl SseClient {
+    /// `GET /events?{query}` over a TCP stream the caller prepared.
+    pub async fn connect_on(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        query: &str,
+        extra_headers: &[(&str, &str)],
+    ) -> SseClient {
+        let mut request = format!(
+            "GET /events?{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n"
+        );
+        for (name, value) in extra_headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("write request");
+        let mut client = SseClient {
+            stream,
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            raw: Vec::new(),
+            chunked: false,
+            ended: false,
+        };
+        client.read_head().await;
+        client
+    }
+
+    /// Whether the body ended with the terminating chunk (a clean end, not a drop).
+    pub fn ended_cleanly(&self) -> bool {
+        self.ended
+    }
+}
+
+/// A TCP connection whose receive buffer is a few KiB, so that a client that does not
+/// read pushes back on the server at once instead of after megabytes.
+pub async fn small_buffer_stream(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    tokio::time::timeout(WAIT, socket.connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+}
+
+/// The key of [`upgrade_request`] and [`RawWs`] (RFC 6455's sample nonce).
+const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+fn upgrade_head(addr: SocketAddr, query: &str) -> String {
+    format!(
+        "GET /ws?{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {SAMPLE_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Parses a response head (`HTTP/1.1 400 …` and headers).
+fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
+}
+
+/// Sends a genuine WebSocket upgrade request for `/ws?{query}` and returns the
+/// response: for a refusal, the head and its `Content-Length` body; for 101, the head.
+pub async fn upgrade_request(addr: SocketAddr, query: &str) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(upgrade_head(addr, query).as_bytes())
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let split = loop {
+        if let Some(split) = find(&raw, b"\r\n\r\n") {
+            break split;
+        }
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("no response in time")
+            .expect("read");
+        assert!(n > 0, "connection closed before the response head");
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let (status, headers) = parse_head(&String::from_utf8_lossy(&raw[..split]));
+    let mut body = raw[split + 4..].to_vec();
+    if status != 101 {
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        while body.len() < length {
+            let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+                .await
+                .expect("no body in time")
+                .expect("read");
+            assert!(n > 0, "connection closed inside the body");
+            body.extend_from_slice(&buf[..n]);
+        }
+    }
+    HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// One WebSocket frame as [`RawWs`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawFrame {
+    /// The FIN bit.
+    pub fin: bool,
+    /// 0x1 text, 0x2 binary, 0x8 close, 0x9 ping, 0xA pong.
+    pub opcode: u8,
+    /// The unmasked payload.
+    pub payload: Vec<u8>,
+}
+
+impl RawFrame {
+    /// A close frame's code and reason.
+    pub fn close(&self) -> Option<(u16, String)> {
+        if self.opcode != 0x8 {
+            return None;
+        }
+        match self.payload.as_slice() {
+            [] => Some((1005, String::new())),
+            [a, b, reason @ ..] => Some((
+                u16::from_be_bytes([*a, *b]),
+                String::from_utf8_lossy(reason).into_owned(),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// A WebSocket client written by hand on TCP, for what a well-behaved library will
+/// not do: ignore pings, send invalid UTF-8.
+pub struct RawWs {
+    stream: TcpStream,
+    /// Bytes read but not yet parsed into frames.
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Handshakes for `/ws?{query}`; panics unless the answer is 101.
+    pub async fn connect(addr: SocketAddr, query: &str) -> RawWs {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(upgrade_head(addr, query).as_bytes())
+            .await
+            .expect("write");
+        let mut raw = RawWs {
+            stream,
+            buf: Vec::new(),
+        };
+        let split = loop {
+            if let Some(split) = find(&raw.buf, b"\r\n\r\n") {
+                break split;
+            }
+            assert!(raw.fill().await, "closed before the handshake answer");
+        };
+        let (status, _) = parse_head(&String::from_utf8_lossy(&raw.buf[..split]));
+        assert_eq!(status, 101, "handshake refused");
+        raw.buf.drain(..split + 4);
+        raw
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 16384];
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf))
+            .await
+            .expect("no WebSocket bytes in time")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&buf[..n]);
+        n > 0
+    }
+
+    /// Sends one masked frame with FIN set.
+    pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= u16::MAX as usize => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        // The server may close before reading it all; that is for the test to see.
+        let _ = self.stream.write_all(&frame).await;
+    }
+
+    /// The next frame, or `None` when the connection ended.
+    pub async fn read_frame(&mut self) -> Option<RawFrame> {
+        loop {
+            if let Some((frame, used)) = parse_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Reads frames (answering nothing) until a close frame; `None` if the connection
+    /// ended without one.
+    pub async fn until_close(&mut self) -> Option<(u16, String)> {
+        while let Some(frame) = self.read_frame().await {
+            if let Some(close) = frame.close() {
+                return Some(close);
+            }
+        }
+        None
+    }
+}
+
+/// Parses one unmasked server frame from the front of `buf`.
+fn parse_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
+    let [first, second, ..] = buf else {
+        return None;
+    };
+    let (len, mut at) = match second & 0x7f {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let mask = if second & 0x80 != 0 {
+        let mask: [u8; 4] = buf.get(at..at + 4)?.try_into().ok()?;
+        at += 4;
+        Some(mask)
+    } else {
+        None
+    };
+    let mut payload = buf.get(at..at + len)?.to_vec();
+    if let Some(mask) = mask {
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+    }
+    Some((
+        RawFrame {
+            fin: first & 0x80 != 0,
+            opcode: first & 0x0f,
+            payload,
+        },
+        at + len,
+    ))
 }

@@ -17,6 +17,7 @@ use rowcast::pg::embedded::{Embedded, Options};
 use rowcast::pg::{migrate, DbTarget};
 use tokio::task::JoinHandle;
 
+#[allow(unused_imports)]
 pub use clients::{http, raw_exchange, HttpResponse, SseClient, SseEvent, WsClient, WsEnd};
 
 /// Generous bound for anything a test awaits.
@@ -272,7 +273,7 @@ impl TestDb {
     pub fn config(&self) -> Config {
         Config {
             listen: "127.0.0.1:0".parse().unwrap(),
-            database: Database::Target(self.target.clone()),
+            database: Database::Target(Box::new(self.target.clone())),
             pool_size: 4,
             ..Config::default()
         }
