@@ -77,6 +77,7 @@ async fn with_a_token_writes_need_it_and_reads_stay_open() {
             .status,
         200
     );
+    server.caught_up(&db).await;
     let mut open = WsClient::connect(server.addr, "since=0").await;
     let (backlog, _) = open.until_ready().await;
     assert_eq!(backlog.len(), 2);
