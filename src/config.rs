@@ -27,6 +27,8 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default retention of `change_log` rows.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default period of the retention task (the design asks for at least once a minute).
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time allowed for a request's headers to arrive (slowloris).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default SSE `retry:` hint for browsers.
@@ -107,6 +109,8 @@ pub struct Config {
     pub retention: Duration,
     /// Keep at most this many ids of history (optional).
     pub retention_rows: Option<u64>,
+    /// How often the retention task runs; short in tests, so pruning can be awaited.
+    pub retention_interval: Duration,
     /// Time allowed for request headers.
     pub header_timeout: Duration,
     /// The SSE `retry:` hint.
@@ -119,6 +123,12 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Where the embedded server keeps its data.
     pub data_dir: PathBuf,
+    /// A static bearer token; turns authentication on.
+    pub auth_token: Option<String>,
+    /// The HS256 secret for JWTs; turns authentication on (and wins over a token).
+    pub jwt_secret: Option<String>,
+    /// Require the credential for streams and REST reads too, not only for writes.
+    pub auth_streams: bool,
 }
 
 impl Default for Config {
@@ -135,12 +145,16 @@ impl Default for Config {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             retention: DEFAULT_RETENTION,
             retention_rows: None,
+            retention_interval: DEFAULT_RETENTION_INTERVAL,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             sse_retry: DEFAULT_SSE_RETRY,
             pool_size: DEFAULT_POOL_SIZE,
             max_connections: None,
             cors_origins: Vec::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            auth_token: None,
+            jwt_secret: None,
+            auth_streams: false,
         }
     }
 }
@@ -192,12 +206,18 @@ FLAGS (each also ROWCAST_<FLAG>, e.g. --ring-capacity → ROWCAST_RING_CAPACITY)
     --shutdown-timeout DURATION drain deadline on SIGINT/SIGTERM [default: 10s]
     --retention DURATION        prune change_log rows older than this [default: 7d]
     --retention-rows N          also keep at most N ids of history
+    --retention-interval DURATION
+                                how often retention runs [default: 30s]
     --header-timeout DURATION   time allowed for request headers [default: 10s]
     --sse-retry DURATION        SSE retry hint for browsers [default: 1s]
     --pool-size N               database connections for REST and catch-up [default: 16]
     --max-connections N         client connection limit [default: from the file limit]
     --cors-origins LIST         comma-separated allowed origins, or *
     --data-dir DIR              the private server's data directory [default: .rowcast]
+    --auth-token TOKEN          require `Authorization: Bearer TOKEN` (or ?access_token=) for writes
+    --jwt-secret SECRET         require an HS256 JWT signed with SECRET instead (prefer the
+                                environment form ROWCAST_JWT_SECRET: flags show in `ps`)
+    --auth-streams              require the credential for streams and REST reads too
     -h, --help                  this text
     -V, --version               the version
 
@@ -205,7 +225,7 @@ DURATIONS carry a unit: 500ms, 15s, 5m, 2h, 7d. Logs go to stderr (RUST_LOG=debu
 ";
 
 /// Every flag that takes a value, with its environment name.
-const VALUE_FLAGS: [&str; 16] = [
+const VALUE_FLAGS: &[&str] = &[
     "listen",
     "database-url",
     "source",
@@ -216,14 +236,17 @@ const VALUE_FLAGS: [&str; 16] = [
     "shutdown-timeout",
     "retention",
     "retention-rows",
+    "retention-interval",
     "header-timeout",
     "sse-retry",
     "pool-size",
     "max-connections",
     "cors-origins",
     "data-dir",
+    "auth-token",
+    "jwt-secret",
 ];
-const BOOL_FLAGS: [&str; 1] = ["no-migrate"];
+const BOOL_FLAGS: &[&str] = &["no-migrate", "auth-streams"];
 
 fn env_name(flag: &str) -> String {
     format!("ROWCAST_{}", flag.replace('-', "_").to_ascii_uppercase())
@@ -335,6 +358,7 @@ fn build(
     config.send_timeout = duration("send-timeout", config.send_timeout)?;
     config.shutdown_timeout = duration("shutdown-timeout", config.shutdown_timeout)?;
     config.retention = duration("retention", config.retention)?;
+    config.retention_interval = duration("retention-interval", config.retention_interval)?;
     config.header_timeout = duration("header-timeout", config.header_timeout)?;
     config.sse_retry = duration("sse-retry", config.sse_retry)?;
     let count = |flag: &'static str| -> Result<Option<u64>, ConfigError> {
@@ -371,6 +395,25 @@ fn build(
     }
     if let Some((_, value)) = lookup("data-dir") {
         config.data_dir = PathBuf::from(value);
+    }
+    let secret = |flag: &'static str| -> Result<Option<String>, ConfigError> {
+        match lookup(flag) {
+            Some((origin, value)) if value.is_empty() => Err(invalid(origin, "must not be empty")),
+            Some((_, value)) => Ok(Some(value)),
+            None => Ok(None),
+        }
+    };
+    config.auth_token = secret("auth-token")?;
+    config.jwt_secret = secret("jwt-secret")?;
+    if let Some((origin, value)) = lookup("auth-streams") {
+        config.auth_streams =
+            parse_bool(&value).ok_or_else(|| invalid(origin, "expected true, false, 1 or 0"))?;
+    }
+    if config.auth_streams && config.auth_token.is_none() && config.jwt_secret.is_none() {
+        return Err(invalid(
+            "--auth-streams".into(),
+            "needs --auth-token or --jwt-secret (ROWCAST_JWT_SECRET)",
+        ));
     }
     Ok(config)
 }
@@ -463,6 +506,16 @@ mod tests {
         assert!(config.migrate);
         assert!(matches!(config.database, Database::Default));
         assert_eq!(config.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(config.retention_interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_retention_interval_has_a_flag_and_an_environment_form() {
+        let flag = serve(&["--retention-interval", "200ms"], &[]).unwrap();
+        assert_eq!(flag.retention_interval, Duration::from_millis(200));
+        let env = serve(&[], &[("ROWCAST_RETENTION_INTERVAL", "1m")]).unwrap();
+        assert_eq!(env.retention_interval, Duration::from_secs(60));
+        assert!(serve(&["--retention-interval", "0s"], &[]).is_err());
     }
 
     #[test]

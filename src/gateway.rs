@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::config::{Config, Database};
 use crate::hub::Hub;
 use crate::log::EventLog;
@@ -17,10 +18,14 @@ use crate::pg::{changes, migrate, DbError, DbTarget, Pool};
 
 /// How long start-up keeps trying to reach the database before it gives up.
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
-/// How often retention runs.
-const RETENTION_PERIOD: Duration = Duration::from_secs(30);
-/// Rows deleted per retention statement.
+/// Rows deleted per retention statement: each is its own short transaction, so
+/// writers (which never touch old rows) are not held up and replicas can interleave.
 const RETENTION_BATCH: i32 = 1000;
+/// The oldest id still in `change_log`, or the head when retention emptied it.
+const OLDEST_ID: &str = "SELECT coalesce(
+        (SELECT min(id) FROM realtime.change_log),
+        (SELECT pruned_upto FROM realtime.retention),
+        0)";
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,8 @@ pub struct Gateway {
     pub source: Arc<SourceStatus>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Who may write (and, with `--auth-streams`, read).
+    pub auth: Auth,
     /// Cancelled on SIGINT/SIGTERM: every long-lived task watches it.
     pub shutdown: CancellationToken,
     /// The background tasks (source, retention), awaited at shutdown.
@@ -175,8 +182,11 @@ impl Gateway {
         tasks.spawn(reader.run(shutdown.clone()));
         tasks.spawn(retention(
             Arc::clone(&pool),
-            config.retention,
-            config.retention_rows,
+            RetentionPolicy {
+                max_age: config.retention,
+                max_rows: config.retention_rows,
+                period: config.retention_interval,
+            },
             Arc::clone(&metrics),
             shutdown.clone(),
         ));
@@ -185,7 +195,12 @@ impl Gateway {
             ring_capacity = config.ring_capacity,
             "gateway started"
         );
+        let auth = Auth::new(config.auth_token.clone(), config.jwt_secret.clone());
+        if auth.is_on() {
+            tracing::info!(streams = config.auth_streams, "authentication is on");
+        }
         Ok(Arc::new(Gateway {
+            auth,
             config,
             log,
             hub,
@@ -213,36 +228,60 @@ impl Gateway {
     }
 }
 
-/// Prunes `change_log` now and then, in small batches, until shutdown.
+/// What retention keeps, and how often it looks.
+#[derive(Debug, Clone, Copy)]
+struct RetentionPolicy {
+    /// Rows committed longer ago than this go.
+    max_age: Duration,
+    /// Rows more than this many ids below the newest go (optional).
+    max_rows: Option<u64>,
+    /// The time between passes.
+    period: Duration,
+}
+
+/// Prunes `change_log` once at start-up and then every period, in small batches,
+/// until shutdown. Every replica runs this; `realtime.prune` lets one of them delete
+/// at a time and the others return at once, so replicas never contend for rows.
 async fn retention(
     pool: Arc<Pool>,
-    max_age: Duration,
-    max_rows: Option<u64>,
+    policy: RetentionPolicy,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(RETENTION_PERIOD) => {}
-        }
         let pass = async {
             let client = pool.get().await?;
+            let mut pruned = 0;
             loop {
-                let deleted =
-                    changes::prune(&*client, Some(max_age), max_rows, RETENTION_BATCH).await?;
+                let deleted = changes::prune(
+                    &*client,
+                    Some(policy.max_age),
+                    policy.max_rows,
+                    RETENTION_BATCH,
+                )
+                .await?;
                 metrics.pruned_rows.add(deleted);
+                pruned += deleted;
                 if deleted < RETENTION_BATCH as u64 {
-                    return Ok::<(), DbError>(());
+                    break;
                 }
                 tokio::task::yield_now().await;
             }
+            let oldest: i64 = client.query_typed_one(OLDEST_ID, &[]).await?.try_get(0)?;
+            metrics.retention_oldest_id.set(oldest);
+            metrics.retention_passes.inc();
+            tracing::debug!(pruned, oldest, "retention pass");
+            Ok::<(), DbError>(())
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             result = pass => if let Err(err) = result {
                 tracing::warn!(%err, "retention pass failed");
             }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(policy.period) => {}
         }
     }
 }

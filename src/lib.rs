@@ -23,12 +23,14 @@
 //!   `/readyz`, `/metrics` and the UI; [`http::error`] is the one place errors become
 //!   responses.
 //! - [`gateway`]: start-up and the state every connection shares; [`config`] reads
-//!   flags and environment; [`metrics`] renders Prometheus text.
+//!   flags and environment; [`metrics`] renders Prometheus text; [`auth`] checks
+//!   bearer tokens and JWTs when authentication is on.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![warn(clippy::await_holding_lock, clippy::dbg_macro, clippy::todo)]
 
+pub mod auth;
 pub mod config;
 pub mod event;
 pub mod filter;

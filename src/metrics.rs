@@ -39,6 +39,11 @@ impl Gauge {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Replaces the value.
+    pub fn set(&self, value: i64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
     /// The current value.
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
@@ -124,6 +129,15 @@ pub struct Metrics {
     pub refused_connections: Counter,
     /// Rows deleted by retention.
     pub pruned_rows: Counter,
+    /// Retention passes finished (whether or not this replica held the pruning lock),
+    /// so operators and tests can see that retention runs.
+    pub retention_passes: Counter,
+    /// The oldest id still in `change_log` (the head when it is empty): resume points
+    /// below it may get `reset`. Set by each retention pass.
+    pub retention_oldest_id: Gauge,
+    /// 1 while the source polls, 0 while it is woken by NOTIFY (or has not decided):
+    /// polling behind a pooler is correct but slower, and worth an alert.
+    pub source_polling: Gauge,
     /// Commit → first send, per event.
     pub commit_to_send: Histogram,
     /// Source lag in microseconds at the last read (0 when caught up).
@@ -144,6 +158,9 @@ impl Default for Metrics {
             lagging_disconnects: Counter::default(),
             refused_connections: Counter::default(),
             pruned_rows: Counter::default(),
+            retention_passes: Counter::default(),
+            retention_oldest_id: Gauge::default(),
+            source_polling: Gauge::default(),
             commit_to_send: Histogram::default(),
             source_lag_micros: AtomicI64::new(0),
             http_responses: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -243,6 +260,13 @@ impl Metrics {
         let _ = writeln!(out, "rowcast_source_live {}", u8::from(source_live));
         write_family(
             &mut out,
+            "rowcast_source_polling",
+            "gauge",
+            "1 while the source polls change_log, 0 while NOTIFY wakes it.",
+        );
+        let _ = writeln!(out, "rowcast_source_polling {}", self.source_polling.get());
+        write_family(
+            &mut out,
             "rowcast_source_lag_seconds",
             "gauge",
             "Age of the newest event at the source's last read (0 when caught up).",
@@ -270,10 +294,26 @@ impl Metrics {
                 "change_log rows deleted by retention.",
                 &self.pruned_rows,
             ),
+            (
+                "rowcast_retention_passes_total",
+                "Retention passes finished by this replica.",
+                &self.retention_passes,
+            ),
         ] {
             write_family(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", counter.get());
         }
+        write_family(
+            &mut out,
+            "rowcast_retention_oldest_id",
+            "gauge",
+            "The oldest id still in realtime.change_log (the head when it is empty).",
+        );
+        let _ = writeln!(
+            out,
+            "rowcast_retention_oldest_id {}",
+            self.retention_oldest_id.get()
+        );
         write_family(
             &mut out,
             "rowcast_http_responses_total",
@@ -321,6 +361,10 @@ mod tests {
             "rowcast_source_lag_seconds 0",
             "rowcast_db_reconnects_total 0",
             "rowcast_lagging_disconnects_total 0",
+            "rowcast_pruned_rows_total 0",
+            "rowcast_retention_passes_total 0",
+            "rowcast_retention_oldest_id 0",
+            "rowcast_source_polling 0",
             "rowcast_http_responses_total{status=\"404\"} 1",
             "rowcast_commit_to_send_seconds_bucket{le=\"0.0025\"} 1",
             "rowcast_commit_to_send_seconds_bucket{le=\"0.001\"} 0",

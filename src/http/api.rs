@@ -40,8 +40,10 @@ pub fn parse_id(text: &str) -> Result<i32, ApiError> {
         })
 }
 
+/// One or more ASCII digits, read by value: leading zeros are allowed at any length (as
+/// for `since`), so the integer decides, not the spelling; `None` past `i32::MAX`.
 fn parse_int(text: &str) -> Option<i32> {
-    if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     text.parse().ok()
@@ -515,6 +517,17 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_read_by_value_whatever_their_leading_zeros() {
+        // Found by fuzz/http_request_head: 10 characters passed, 11 were refused.
+        assert_eq!(parse_id("0122791242").unwrap(), 122_791_242);
+        assert_eq!(parse_id("01227912428").unwrap(), 1_227_912_428);
+        assert_eq!(parse_id("000000000000002147483647").unwrap(), i32::MAX);
+        assert!(parse_id("000000000000002147483648").is_err());
+        assert!(parse_id("00000000000000000000").is_err());
+        assert_eq!(parse_int("00000000000"), Some(0));
+    }
+
+    #[test]
     fn valid_json_that_value_cannot_hold_is_422_and_bad_syntax_400() {
         let field = |body: &str| match parse_json(body.as_bytes()) {
             Err(ApiError::Invalid { field, .. }) => field,
@@ -526,11 +539,10 @@ mod tests {
             Some("product_name")
         );
         assert_eq!(field(r#"{"colour":1e400}"#).as_deref(), Some("colour"));
-        assert_eq!(
-            field(&format!("{}{}", "[".repeat(200), "]".repeat(200))),
-            None
-        );
-        for malformed in [&b"{"[..], b"{\"a\":01}", b"\"\xff\"", b"[1,]"] {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(field(deep.as_str()), None);
+        let malformed: [&[u8]; 4] = [b"{", b"{\"a\":01}", b"\"\xff\"", b"[1,]"];
+        for malformed in malformed {
             assert!(
                 matches!(parse_json(malformed), Err(ApiError::MalformedJson(_))),
                 "{malformed:?}"

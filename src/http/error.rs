@@ -3,7 +3,7 @@
 //! Every error body is `{"error":{"code":"…","message":"…","field":"…"}}`, with
 //! `field` only when one field (or query parameter) is at fault.
 
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use serde::Serialize;
 
@@ -58,6 +58,12 @@ pub enum ApiError {
     /// `/ws` without a WebSocket handshake (426).
     #[error("this endpoint speaks WebSocket: send an Upgrade request")]
     UpgradeRequired,
+    /// No credential, or a bad one, while authentication is on (401).
+    #[error("{0}")]
+    Unauthorized(#[from] crate::auth::AuthError),
+    /// The credential is valid but does not allow this (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The database is out of reach or saturated (503).
     #[error("{0}")]
     Unavailable(String),
@@ -108,6 +114,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -122,6 +130,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UpgradeRequired => "upgrade_required",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal => "internal",
         }
@@ -157,6 +167,9 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::UpgradeRequired => {
                 headers.insert("sec-websocket-version", HeaderValue::from_static("13"));

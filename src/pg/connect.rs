@@ -112,8 +112,17 @@ pub enum DbError {
     #[error("no database connection became free within {0:?}")]
     PoolTimeout(Duration),
     /// Any other error from the server or the driver.
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
+}
+
+/// The driver's error with the server's message and SQLSTATE, which its own Display
+/// leaves out ("db error").
+fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => err.to_string(),
+    }
 }
 
 impl DbError {
@@ -252,6 +261,13 @@ impl DbTarget {
     pub fn with_dbname(&self, dbname: &str) -> DbTarget {
         let mut other = self.clone();
         other.config.dbname(dbname);
+        other
+    }
+
+    /// The same target with another `application_name` (shown in `pg_stat_activity`).
+    pub fn with_application_name(&self, name: &str) -> DbTarget {
+        let mut other = self.clone();
+        other.config.application_name(name);
         other
     }
 

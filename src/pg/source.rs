@@ -45,6 +45,8 @@ impl SourceMode {
 
 /// The doorbell channel the capture trigger notifies.
 pub const CHANNEL: &str = "rowcast";
+/// The `application_name` of the source's connection.
+pub const SOURCE_APPLICATION_NAME: &str = "rowcast source";
 /// Rows per cursor read.
 pub const BATCH: i64 = 1000;
 /// How long `auto` waits for its probe notification before it decides to poll.
@@ -56,7 +58,7 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the tracked tables and their columns are re-read.
 const CATALOG_REFRESH: Duration = Duration::from_secs(10);
 const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// What the rest of the gateway can see of the source.
 #[derive(Debug)]
@@ -171,7 +173,13 @@ impl Source {
         backoff: &mut Duration,
         connected_before: &mut bool,
     ) -> Result<(), DbError> {
-        let (client, mut connection) = self.target.connect().await?;
+        // Named apart from the pool's connections, so operators can find the LISTEN
+        // connection in pg_stat_activity.
+        let (client, mut connection) = self
+            .target
+            .with_application_name(SOURCE_APPLICATION_NAME)
+            .connect()
+            .await?;
         let doorbell = Arc::new(Notify::new());
         let lost = CancellationToken::new();
         let driver = {
@@ -201,6 +209,9 @@ impl Source {
             if mode == SourceMode::Notify { 1 } else { 2 },
             Ordering::Relaxed,
         );
+        self.metrics
+            .source_polling
+            .set(i64::from(mode == SourceMode::Poll));
         self.refresh_catalog(&client).await?;
         if *connected_before {
             self.metrics.db_reconnects.inc();
@@ -260,9 +271,13 @@ impl Source {
             (_, Ok(())) => {}
         }
         // Behind a transaction-mode pooler LISTEN "succeeds" and nothing ever arrives:
-        // ring the doorbell ourselves and see.
+        // ring the doorbell and see. It must ring from another connection, the way
+        // writers do: a session hears its own NOTIFY, and a pooler hands that one back
+        // to the client that sent it, so a probe from this connection always succeeds.
         let heard = doorbell.notified();
-        with_timeout(client.batch_execute(&format!("NOTIFY {CHANNEL}, 'probe'"))).await?;
+        let ringer = with_timeout(self.target.connect_spawned()).await?;
+        with_timeout(ringer.batch_execute(&format!("NOTIFY {CHANNEL}, 'probe'"))).await?;
+        drop(ringer);
         if tokio::time::timeout(PROBE_TIMEOUT, heard).await.is_ok() {
             Ok(SourceMode::Notify)
         } else {
