@@ -35,6 +35,14 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SSE_RETRY: Duration = Duration::from_secs(1);
 /// Default size of the database pool for REST calls and catch-up reads.
 pub const DEFAULT_POOL_SIZE: usize = 16;
+/// Default limit of concurrent connections from one client IP.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1024;
+/// Default largest request head.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Default largest REST body (the contract's 64 KiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default largest WebSocket client message (the contract's 64 KiB).
+pub const DEFAULT_WS_MAX_MESSAGE: usize = 64 * 1024;
 /// Default directory of the embedded server's data.
 pub const DEFAULT_DATA_DIR: &str = ".rowcast";
 
@@ -119,6 +127,14 @@ pub struct Config {
     pub pool_size: usize,
     /// Most concurrent client connections (`None`: derived from the descriptor limit).
     pub max_connections: Option<usize>,
+    /// Most concurrent connections from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Largest request head in bytes (hyper's buffer; at least 8192).
+    pub max_header_bytes: usize,
+    /// Largest REST request body in bytes.
+    pub max_body_bytes: usize,
+    /// Largest WebSocket message (and frame) a client may send.
+    pub ws_max_message: usize,
     /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
     /// Where the embedded server keeps its data.
@@ -150,6 +166,10 @@ impl Default for Config {
             sse_retry: DEFAULT_SSE_RETRY,
             pool_size: DEFAULT_POOL_SIZE,
             max_connections: None,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            ws_max_message: DEFAULT_WS_MAX_MESSAGE,
             cors_origins: Vec::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             auth_token: None,
@@ -212,6 +232,10 @@ FLAGS (each also ROWCAST_<FLAG>, e.g. --ring-capacity → ROWCAST_RING_CAPACITY)
     --sse-retry DURATION        SSE retry hint for browsers [default: 1s]
     --pool-size N               database connections for REST and catch-up [default: 16]
     --max-connections N         client connection limit [default: from the file limit]
+    --max-connections-per-ip N  connections from one client IP [default: 1024]
+    --max-header-bytes N        largest request head, at least 8192 [default: 65536]
+    --max-body-bytes N          largest REST request body [default: 65536]
+    --ws-max-message N          largest WebSocket client message [default: 65536]
     --cors-origins LIST         comma-separated allowed origins, or *
     --data-dir DIR              the private server's data directory [default: .rowcast]
     --auth-token TOKEN          require `Authorization: Bearer TOKEN` (or ?access_token=) for writes
@@ -243,6 +267,10 @@ const VALUE_FLAGS: &[&str] = &[
     "max-connections",
     "cors-origins",
     "data-dir",
+    "max-connections-per-ip",
+    "max-header-bytes",
+    "max-body-bytes",
+    "ws-max-message",
     "auth-token",
     "jwt-secret",
 ];
@@ -381,6 +409,22 @@ fn build(
         config.pool_size = n.min(1000) as usize;
     }
     config.max_connections = count("max-connections")?.map(|n| n as usize);
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    if let Some(n) = count("max-connections-per-ip")? {
+        config.max_connections_per_ip = size(n);
+    }
+    if let Some(n) = count("max-header-bytes")? {
+        if n < 8192 {
+            return Err(invalid("--max-header-bytes".into(), "at least 8192"));
+        }
+        config.max_header_bytes = size(n);
+    }
+    if let Some(n) = count("max-body-bytes")? {
+        config.max_body_bytes = size(n);
+    }
+    if let Some(n) = count("ws-max-message")? {
+        config.ws_max_message = size(n);
+    }
     if let Some((origin, value)) = lookup("no-migrate") {
         config.migrate =
             !parse_bool(&value).ok_or_else(|| invalid(origin, "expected true, false, 1 or 0"))?;

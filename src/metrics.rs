@@ -108,6 +108,46 @@ impl Transport {
     }
 }
 
+/// The limits whose rejections are counted (`rowcast_limit_rejections_total{limit}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `--max-connections` reached: 503.
+    Connections,
+    /// `--max-connections-per-ip` reached: 429.
+    ConnectionsPerIp,
+    /// A request head over `--max-header-bytes`: 431.
+    HeaderSize,
+    /// A request head not received within `--header-timeout` (also idle keep-alive).
+    HeaderTimeout,
+    /// A body over `--max-body-bytes`: 413.
+    BodySize,
+    /// A WebSocket message or frame over `--ws-max-message`: close 1009.
+    WsMessageSize,
+}
+
+impl Limit {
+    const ALL: [Limit; 6] = [
+        Limit::Connections,
+        Limit::ConnectionsPerIp,
+        Limit::HeaderSize,
+        Limit::HeaderTimeout,
+        Limit::BodySize,
+        Limit::WsMessageSize,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::Connections => "connections",
+            Limit::ConnectionsPerIp => "connections_per_ip",
+            Limit::HeaderSize => "header_size",
+            Limit::HeaderTimeout => "header_timeout",
+            Limit::BodySize => "body_size",
+            Limit::WsMessageSize => "ws_message_size",
+        }
+    }
+}
+
 /// Every metric the gateway exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -125,8 +165,6 @@ pub struct Metrics {
     pub db_reconnects: Counter,
     /// Clients closed because a write stayed blocked past `--send-timeout`.
     pub lagging_disconnects: Counter,
-    /// Connections refused because the connection limit was reached.
-    pub refused_connections: Counter,
     /// Rows deleted by retention.
     pub pruned_rows: Counter,
     /// Retention passes finished (whether or not this replica held the pruning lock),
@@ -142,6 +180,8 @@ pub struct Metrics {
     pub commit_to_send: Histogram,
     /// Source lag in microseconds at the last read (0 when caught up).
     source_lag_micros: AtomicI64,
+    /// Rejections by limit, indexed like `Limit::ALL`.
+    limit_rejections: [Counter; 6],
     /// HTTP responses by status code (index = code; 100..=599).
     http_responses: [AtomicU64; 600],
 }
@@ -156,7 +196,7 @@ impl Default for Metrics {
             delivered_sse: Counter::default(),
             db_reconnects: Counter::default(),
             lagging_disconnects: Counter::default(),
-            refused_connections: Counter::default(),
+            limit_rejections: std::array::from_fn(|_| Counter::default()),
             pruned_rows: Counter::default(),
             retention_passes: Counter::default(),
             retention_oldest_id: Gauge::default(),
@@ -182,6 +222,13 @@ impl Metrics {
         match transport {
             Transport::Ws => &self.delivered_ws,
             Transport::Sse => &self.delivered_sse,
+        }
+    }
+
+    /// Counts one rejection by a limit.
+    pub fn reject(&self, limit: Limit) {
+        if let Some(i) = Limit::ALL.iter().position(|l| *l == limit) {
+            self.limit_rejections[i].inc();
         }
     }
 
@@ -285,11 +332,6 @@ impl Metrics {
                 &self.lagging_disconnects,
             ),
             (
-                "rowcast_refused_connections_total",
-                "Connections answered 503 at the connection limit.",
-                &self.refused_connections,
-            ),
-            (
                 "rowcast_pruned_rows_total",
                 "change_log rows deleted by retention.",
                 &self.pruned_rows,
@@ -328,6 +370,20 @@ impl Metrics {
                     "rowcast_http_responses_total{{status=\"{status}\"}} {count}"
                 );
             }
+        }
+        write_family(
+            &mut out,
+            "rowcast_limit_rejections_total",
+            "counter",
+            "Requests and connections refused by a limit.",
+        );
+        for (limit, counter) in Limit::ALL.iter().zip(&self.limit_rejections) {
+            let _ = writeln!(
+                out,
+                "rowcast_limit_rejections_total{{limit=\"{}\"}} {}",
+                limit.label(),
+                counter.get()
+            );
         }
         write_family(
             &mut out,

@@ -209,3 +209,78 @@ async fn the_ui_is_served_with_security_headers() {
         );
     }
 }
+
+async fn sse_from(source_ip: &str, addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{source_ip}:0").parse().unwrap())
+        .unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::io::AsyncReadExt::read(&mut stream, &mut buf)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    stream
+}
+
+#[tokio::test]
+async fn limits_answer_with_clear_statuses_and_are_counted() {
+    let db = TestDb::new();
+    let server = TestServer::start(rowcast::config::Config {
+        max_connections_per_ip: 2,
+        max_header_bytes: 8192,
+        max_body_bytes: 100,
+        header_timeout: Duration::from_millis(300),
+        ..db.config()
+    })
+    .await;
+    // Per client IP: the third connection from 127.0.0.1 is refused, 127.0.0.2 is not.
+    let _a = sse_from("127.0.0.1", server.addr).await;
+    let _b = sse_from("127.0.0.1", server.addr).await;
+    let refused = http(server.addr, "GET", "/healthz", &[], None).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"]["code"], "too_many_connections");
+    let _c = sse_from("127.0.0.2", server.addr).await;
+    drop((_a, _b));
+    // Body size.
+    let big = vec![b' '; 101];
+    let deadline = Instant::now() + WAIT;
+    let too_large = loop {
+        let response = http(server.addr, "POST", "/api/orders", &[], Some(&big)).await;
+        if response.status != 429 {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "per-IP slots never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(too_large.status, 413);
+    // Header size and header time.
+    let huge_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let response = support::clients::raw_exchange(server.addr, huge_header.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+    let stalled = support::clients::raw_exchange(server.addr, b"GET /healthz HTTP/1.1\r\nHo").await;
+    assert!(!stalled.contains("200 OK"), "{stalled}");
+    let metrics = http(server.addr, "GET", "/metrics", &[], None).await.body;
+    for limit in [
+        "connections_per_ip",
+        "body_size",
+        "header_size",
+        "header_timeout",
+    ] {
+        let line = format!("rowcast_limit_rejections_total{{limit=\"{limit}\"}} ");
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line}\n{metrics}"))
+            .parse()
+            .unwrap();
+        assert!(count >= 1, "{limit} not counted");
+    }
+}

@@ -18,8 +18,6 @@ use super::error::ApiError;
 use crate::gateway::Gateway;
 use crate::query;
 
-/// Largest accepted request body.
-pub const MAX_BODY: usize = 64 * 1024;
 /// Largest `limit` on the list.
 const MAX_LIMIT: i64 = 10_000;
 /// Longest name, in code points.
@@ -123,7 +121,7 @@ pub async fn create(
     gateway: &Gateway,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let fields = OrderFields::parse(read_json(request).await?)?;
+    let fields = OrderFields::parse(read_json(request, gateway).await?)?;
     let customer = fields.customer_name.ok_or_else(|| {
         ApiError::invalid(
             "customer_name",
@@ -159,7 +157,7 @@ pub async fn update(
     id: i32,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let fields = OrderFields::parse(read_json(request).await?)?;
+    let fields = OrderFields::parse(read_json(request, gateway).await?)?;
     if fields.is_empty() {
         return Err(ApiError::Invalid {
             code: "empty_update",
@@ -219,19 +217,24 @@ fn json_response(status: StatusCode, json: String) -> Response<Body> {
 }
 
 /// Checks the declared type and size, then reads and parses the body.
-async fn read_json(request: Request<Incoming>) -> Result<Value, ApiError> {
+async fn read_json(request: Request<Incoming>, gateway: &Gateway) -> Result<Value, ApiError> {
+    let limit = gateway.config.max_body_bytes;
+    let too_large = || {
+        gateway.metrics.reject(crate::metrics::Limit::BodySize);
+        ApiError::PayloadTooLarge { limit }
+    };
     let headers = request.headers();
     let declared_length = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|len| len > MAX_BODY as u64) {
-        return Err(ApiError::PayloadTooLarge { limit: MAX_BODY });
+    if declared_length.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
     }
     if !is_json(headers.get(CONTENT_TYPE)) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let bytes: Bytes = Limited::new(request.into_body(), MAX_BODY)
+    let bytes: Bytes = Limited::new(request.into_body(), limit)
         .collect()
         .await
         .map_err(|err| {
@@ -239,7 +242,7 @@ async fn read_json(request: Request<Incoming>) -> Result<Value, ApiError> {
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                ApiError::PayloadTooLarge { limit: MAX_BODY }
+                too_large()
             } else {
                 ApiError::BadRequest {
                     code: "bad_body",

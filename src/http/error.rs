@@ -64,6 +64,9 @@ pub enum ApiError {
     /// The credential is valid but does not allow this (403).
     #[error("{0}")]
     Forbidden(String),
+    /// Too many connections from one client address (429).
+    #[error("{0}")]
+    TooManyConnections(String),
     /// The database is out of reach or saturated (503).
     #[error("{0}")]
     Unavailable(String),
@@ -116,6 +119,7 @@ impl ApiError {
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -132,6 +136,7 @@ impl ApiError {
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::TooManyConnections(_) => "too_many_connections",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal => "internal",
         }

@@ -5,11 +5,12 @@
 //! one connection are logged, never returned to the accept loop.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,9 +23,8 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::routes;
 use crate::gateway::Gateway;
+use crate::metrics::Limit;
 
-/// Largest request head (and write buffer) per connection; larger heads get 431.
-const MAX_BUF: usize = 64 * 1024;
 /// Descriptors kept free for the database pool, the listener and logs.
 const RESERVED_FILES: u64 = 100;
 /// Pause after an accept error such as EMFILE, instead of spinning or exiting.
@@ -43,13 +43,53 @@ pub struct Connection {
     _slot: Arc<Slot>,
 }
 
-/// One unit of the connection limit.
+/// One unit of the connection limits (total and per client IP), given back on drop.
 #[derive(Debug)]
-struct Slot(Arc<AtomicUsize>);
+struct Slot {
+    counts: Arc<Counts>,
+    ip: IpAddr,
+}
+
+/// Open connections, in total and per client IP.
+#[derive(Debug, Default)]
+struct Counts {
+    total: AtomicUsize,
+    per_ip: DashMap<IpAddr, usize>,
+}
+
+impl Counts {
+    /// Takes a slot, or says which limit refuses it.
+    fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<Slot, Limit> {
+        if self.total.fetch_add(1, Ordering::Relaxed) >= max_total {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(Limit::Connections);
+        }
+        let mut count = self.per_ip.entry(ip).or_insert(0);
+        if *count >= max_per_ip {
+            drop(count);
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(Limit::ConnectionsPerIp);
+        }
+        *count += 1;
+        Ok(Slot {
+            counts: Arc::clone(self),
+            ip,
+        })
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.counts.total.fetch_sub(1, Ordering::Relaxed);
+        self.counts.per_ip.remove_if_mut(&self.ip, |_, count| {
+            *count -= 1;
+            *count == 0
+        });
     }
 }
 
@@ -79,7 +119,8 @@ pub fn connection_ceiling(configured: Option<usize>) -> usize {
 /// `--shutdown-timeout`. Returns whether the drain completed in time.
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, max_connections: usize) -> bool {
     let tasks = TaskTracker::new();
-    let active = Arc::new(AtomicUsize::new(0));
+    let counts = Arc::new(Counts::default());
+    let max_per_ip = gateway.config.max_connections_per_ip;
     let ids = AtomicU64::new(0);
     loop {
         let accepted = tokio::select! {
@@ -94,17 +135,31 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, max_connections: 
                 continue;
             }
         };
-        if active.fetch_add(1, Ordering::Relaxed) >= max_connections {
-            active.fetch_sub(1, Ordering::Relaxed);
-            gateway.metrics.refused_connections.inc();
-            gateway.metrics.record_response(503);
-            tasks.spawn(refuse(stream));
-            continue;
-        }
+        let slot = match counts.acquire(peer.ip(), max_connections, max_per_ip) {
+            Ok(slot) => slot,
+            Err(limit) => {
+                gateway.metrics.reject(limit);
+                let (status, err) = match limit {
+                    Limit::ConnectionsPerIp => (
+                        "429 Too Many Requests",
+                        ApiError::TooManyConnections(
+                            "too many connections from your address; retry shortly".into(),
+                        ),
+                    ),
+                    _ => (
+                        "503 Service Unavailable",
+                        ApiError::Unavailable("too many connections; retry shortly".into()),
+                    ),
+                };
+                gateway.metrics.record_response(err.status().as_u16());
+                tasks.spawn(refuse(stream, status, err.body_json()));
+                continue;
+            }
+        };
         let connection = Connection {
             kill: CancellationToken::new(),
             tasks: tasks.clone(),
-            _slot: Arc::new(Slot(Arc::clone(&active))),
+            _slot: Arc::new(slot),
         };
         let id = ids.fetch_add(1, Ordering::Relaxed);
         let span = tracing::debug_span!("conn", conn.id = id, peer.addr = %peer);
@@ -139,7 +194,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>, conne
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(gateway.config.header_timeout)
-        .max_buf_size(MAX_BUF)
+        .max_buf_size(gateway.config.max_header_bytes)
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
@@ -149,6 +204,11 @@ async fn serve(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>, conne
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(err) = result {
+                    if err.is_parse_too_large() {
+                        gateway.metrics.reject(Limit::HeaderSize);
+                    } else if err.is_timeout() {
+                        gateway.metrics.reject(Limit::HeaderTimeout);
+                    }
                     tracing::debug!(%err, %peer, "connection ended with an error");
                 }
                 return;
@@ -165,11 +225,10 @@ async fn serve(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>, conne
     }
 }
 
-/// Answers a connection over the limit with a clean 503 and closes it.
-async fn refuse(mut stream: TcpStream) {
-    let body = ApiError::Unavailable("too many connections; retry shortly".into()).body_json();
+/// Answers a connection over a limit with a clean status (503 or 429) and closes it.
+async fn refuse(mut stream: TcpStream, status: &'static str, body: String) {
     let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
