@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -103,7 +104,10 @@ pub async fn resolve_database(config: &Config) -> Result<(DbTarget, Option<Embed
 pub async fn ensure_database(admin: &DbTarget, name: &str) -> Result<(), DbError> {
     let client = connect_within(admin, STARTUP_DEADLINE).await?;
     let exists = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .query_typed_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[(&name, Type::TEXT)],
+        )
         .await?
         .is_some();
     if !exists {
@@ -239,16 +243,33 @@ struct RetentionPolicy {
     period: Duration,
 }
 
-/// Prunes `change_log` once at start-up and then every period, in small batches,
-/// until shutdown. Every replica runs this; `realtime.prune` lets one of them delete
-/// at a time and the others return at once, so replicas never contend for rows.
+/// Prunes `change_log` every period, in small batches, until shutdown. Every replica
+/// runs this; `realtime.prune` lets one of them delete at a time and the others return
+/// at once, so replicas never contend for rows. The oldest-id gauge is read at once
+/// (a plain read, no lock) so `/metrics` has it before the first pass.
 async fn retention(
     pool: Arc<Pool>,
     policy: RetentionPolicy,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let observe = async {
+        let client = pool.get().await?;
+        let oldest: i64 = client.query_typed_one(OLDEST_ID, &[]).await?.try_get(0)?;
+        metrics.retention_oldest_id.set(oldest);
+        Ok::<(), DbError>(())
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        result = observe => if let Err(err) = result {
+            tracing::debug!(%err, "reading the oldest change_log id failed");
+        }
+    }
     loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(policy.period) => {}
+        }
         let pass = async {
             let client = pool.get().await?;
             let mut pruned = 0;
@@ -278,10 +299,6 @@ async fn retention(
             result = pass => if let Err(err) = result {
                 tracing::warn!(%err, "retention pass failed");
             }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(policy.period) => {}
         }
     }
 }

@@ -1,6 +1,7 @@
 //! REST for `orders`: list (with the snapshot position), get, create, update, delete.
-//! Parameterised SQL only; rows are rendered by PostgreSQL (`to_jsonb`) exactly as the
-//! capture trigger renders them in events.
+//! Parameterised SQL only, as unnamed typed statements: one round trip each, and safe
+//! behind a transaction-pooling PgBouncer, where named prepared statements break. Rows
+//! are rendered by PostgreSQL (`to_jsonb`) exactly as the capture trigger renders them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,6 +13,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
+use tokio_postgres::types::Type;
 
 use super::body::{empty, full, Body};
 use super::error::ApiError;
@@ -85,10 +87,10 @@ pub async fn list(gateway: &Gateway, query_string: &str) -> Result<Response<Body
         .start()
         .await?;
     let rows: String = tx
-        .query_one(
+        .query_typed_one(
             "SELECT coalesce(json_agg(to_jsonb(o) ORDER BY o.id), '[]')::text
              FROM (SELECT * FROM public.orders WHERE id > $1 ORDER BY id LIMIT $2) o",
-            &[&after_id, &limit],
+            &[(&after_id, Type::INT4), (&limit, Type::INT8)],
         )
         .await?
         .try_get(0)?;
@@ -105,9 +107,9 @@ pub async fn list(gateway: &Gateway, query_string: &str) -> Result<Response<Body
 pub async fn get(gateway: &Gateway, id: i32) -> Result<Response<Body>, ApiError> {
     let client = gateway.pool.get().await?;
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "SELECT to_jsonb(o)::text FROM public.orders o WHERE id = $1",
-            &[&id],
+            &[(&id, Type::INT4)],
         )
         .await?;
     match row {
@@ -135,11 +137,15 @@ pub async fn create(
     let status = fields.status.unwrap_or("pending");
     let client = gateway.pool.get().await?;
     let row = client
-        .query_one(
+        .query_typed_one(
             "INSERT INTO public.orders (customer_name, product_name, status)
              VALUES ($1, $2, $3)
              RETURNING id, to_jsonb(orders)::text",
-            &[&customer, &product, &status],
+            &[
+                (&customer, Type::VARCHAR),
+                (&product, Type::VARCHAR),
+                (&status, Type::VARCHAR),
+            ],
         )
         .await?;
     let id: i32 = row.try_get(0)?;
@@ -167,7 +173,7 @@ pub async fn update(
     }
     let client = gateway.pool.get().await?;
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "UPDATE public.orders SET
                  customer_name = coalesce($2, customer_name),
                  product_name  = coalesce($3, product_name),
@@ -176,10 +182,10 @@ pub async fn update(
              WHERE id = $1
              RETURNING to_jsonb(orders)::text",
             &[
-                &id,
-                &fields.customer_name,
-                &fields.product_name,
-                &fields.status,
+                (&id, Type::INT4),
+                (&fields.customer_name, Type::VARCHAR),
+                (&fields.product_name, Type::VARCHAR),
+                (&fields.status, Type::VARCHAR),
             ],
         )
         .await?;
@@ -193,7 +199,10 @@ pub async fn update(
 pub async fn delete(gateway: &Gateway, id: i32) -> Result<Response<Body>, ApiError> {
     let client = gateway.pool.get().await?;
     let deleted = client
-        .execute("DELETE FROM public.orders WHERE id = $1", &[&id])
+        .execute_typed(
+            "DELETE FROM public.orders WHERE id = $1",
+            &[(&id, Type::INT4)],
+        )
         .await?;
     if deleted == 0 {
         return Err(not_found(id));

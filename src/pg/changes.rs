@@ -1,10 +1,17 @@
 //! The queries on `realtime.change_log`: cursor reads, the head, the retention
 //! horizon, the tracked tables.
+//!
+//! Each runs with `query_typed`: an unnamed statement with its parameter types given,
+//! parsed, bound and executed in one round trip. A named prepared statement would take
+//! two, and behind a pooler in transaction mode (PgBouncer before 1.21, or without
+//! `max_prepared_statements`) the second may reach another server connection, which
+//! fails with `prepared statement "sN" does not exist`. The source, retention and
+//! start-up therefore work through such a pooler.
 
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, Type};
 use tokio_postgres::{GenericClient, Row};
 
 use super::DbError;
@@ -48,7 +55,9 @@ pub async fn read_after(
     limit: i64,
 ) -> Result<Vec<Arc<Event>>, DbError> {
     let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
-    let rows = client.query(READ_AFTER, &[&cursor, &limit]).await?;
+    let rows = client
+        .query_typed(READ_AFTER, &[(&cursor, Type::INT8), (&limit, Type::INT8)])
+        .await?;
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
         let event = record_of(row)
@@ -64,14 +73,14 @@ pub async fn read_after(
 
 /// The newest id that ever existed (see [`HEAD`]).
 pub async fn head(client: &impl GenericClient) -> Result<u64, DbError> {
-    let head: i64 = client.query_one(HEAD, &[]).await?.try_get(0)?;
+    let head: i64 = client.query_typed_one(HEAD, &[]).await?.try_get(0)?;
     Ok(head.max(0) as u64)
 }
 
 /// The highest id retention has deleted (0 if none).
 pub async fn pruned_upto(client: &impl GenericClient) -> Result<u64, DbError> {
     let pruned: i64 = client
-        .query_one("SELECT pruned_upto FROM realtime.retention", &[])
+        .query_typed_one("SELECT pruned_upto FROM realtime.retention", &[])
         .await?
         .try_get(0)?;
     Ok(pruned.max(0) as u64)
@@ -80,7 +89,7 @@ pub async fn pruned_upto(client: &impl GenericClient) -> Result<u64, DbError> {
 /// The tracked tables and their columns.
 pub async fn catalog(client: &impl GenericClient) -> Result<Catalog, DbError> {
     let rows = client
-        .query(
+        .query_typed(
             "SELECT CASE WHEN n.nspname = 'public' THEN c.relname::text
                          ELSE n.nspname || '.' || c.relname END,
                     array_agg(a.attname::text ORDER BY a.attnum)
@@ -109,9 +118,13 @@ pub async fn prune(
     let age_seconds = max_age.map(|age| age.as_secs_f64());
     let max_rows = max_rows.map(|rows| i64::try_from(rows).unwrap_or(i64::MAX));
     let deleted: i64 = client
-        .query_one(
+        .query_typed_one(
             "SELECT realtime.prune(make_interval(secs => $1), $2, $3)",
-            &[&age_seconds, &max_rows, &batch],
+            &[
+                (&age_seconds, Type::FLOAT8),
+                (&max_rows, Type::INT8),
+                (&batch, Type::INT4),
+            ],
         )
         .await?
         .try_get(0)?;

@@ -1,6 +1,7 @@
 //! The schema: numbered migrations from `sql/`, embedded in the binary and applied in
 //! one transaction under an advisory lock, so replicas starting together are safe.
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::DbError;
@@ -36,8 +37,11 @@ const MIGRATION_LOCK: i64 = 1_920_890_733;
 /// Applies the migrations that are not yet recorded; returns the versions applied.
 pub async fn apply(client: &mut Client) -> Result<Vec<i32>, DbError> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
+    tx.execute_typed(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[(&MIGRATION_LOCK, Type::INT8)],
+    )
+    .await?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS realtime;
          CREATE TABLE IF NOT EXISTS realtime.migrations (
@@ -48,7 +52,7 @@ pub async fn apply(client: &mut Client) -> Result<Vec<i32>, DbError> {
     )
     .await?;
     let done: Vec<i32> = tx
-        .query("SELECT version FROM realtime.migrations", &[])
+        .query_typed("SELECT version FROM realtime.migrations", &[])
         .await?
         .iter()
         .map(|row| row.get(0))
@@ -56,9 +60,12 @@ pub async fn apply(client: &mut Client) -> Result<Vec<i32>, DbError> {
     let mut applied = Vec::new();
     for migration in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
         tx.batch_execute(migration.sql).await?;
-        tx.execute(
+        tx.execute_typed(
             "INSERT INTO realtime.migrations (version, name) VALUES ($1, $2)",
-            &[&migration.version, &migration.name],
+            &[
+                (&migration.version, Type::INT4),
+                (&migration.name, Type::TEXT),
+            ],
         )
         .await?;
         applied.push(migration.version);
@@ -70,7 +77,7 @@ pub async fn apply(client: &mut Client) -> Result<Vec<i32>, DbError> {
 /// Checks that every migration has been applied (for `--no-migrate`).
 pub async fn check(client: &Client) -> Result<(), DbError> {
     let exists: bool = client
-        .query_one("SELECT to_regclass('realtime.migrations') IS NOT NULL", &[])
+        .query_typed_one("SELECT to_regclass('realtime.migrations') IS NOT NULL", &[])
         .await?
         .get(0);
     if !exists {
@@ -79,7 +86,7 @@ pub async fn check(client: &Client) -> Result<(), DbError> {
         ));
     }
     let done: Vec<i32> = client
-        .query("SELECT version FROM realtime.migrations", &[])
+        .query_typed("SELECT version FROM realtime.migrations", &[])
         .await?
         .iter()
         .map(|row| row.get(0))
@@ -102,7 +109,7 @@ pub async fn check(client: &Client) -> Result<(), DbError> {
 /// Inserts sample orders when `orders` is empty; returns how many were inserted.
 pub async fn seed(client: &Client) -> Result<u64, DbError> {
     let inserted = client
-        .execute(
+        .execute_typed(
             "INSERT INTO public.orders (customer_name, product_name, status)
              SELECT * FROM (VALUES
                  ('Ada Lovelace', 'Analytical Engine manual', 'delivered'),

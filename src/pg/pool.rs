@@ -1,17 +1,16 @@
 //! A small connection pool for REST calls, catch-up reads and retention.
 //!
-//! Bounded by a semaphore; idle connections are reused when still open; each pooled
-//! connection caches its prepared statements, since every query here is one of a
-//! handful of fixed texts.
+//! Bounded by a semaphore; idle connections are reused when still open. Queries run
+//! as unnamed typed statements, so nothing is cached per connection (and a pooler in
+//! transaction mode in front of PostgreSQL is no problem).
 
-use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 
 use super::{DbError, DbTarget};
 
@@ -32,7 +31,6 @@ pub struct Pool {
 #[derive(Debug)]
 struct Conn {
     client: Client,
-    statements: HashMap<&'static str, Statement>,
 }
 
 /// A connection on loan; it goes back to the pool when dropped, if still open.
@@ -77,10 +75,7 @@ impl Pool {
                 // Timestamps in REST responses and in rows captured from our own writes
                 // are rendered in UTC, whatever the server's default.
                 client.batch_execute("SET TIME ZONE 'UTC'").await?;
-                Conn {
-                    client,
-                    statements: HashMap::new(),
-                }
+                Conn { client }
             }
         };
         Ok(PooledClient {
@@ -88,22 +83,6 @@ impl Pool {
             conn: Some(conn),
             _permit: permit,
         })
-    }
-}
-
-impl PooledClient {
-    /// The prepared statement for `sql`, prepared once per connection.
-    pub async fn statement(&mut self, sql: &'static str) -> Result<Statement, DbError> {
-        let conn = self
-            .conn
-            .as_mut()
-            .expect("pooled connection present until drop");
-        if let Some(statement) = conn.statements.get(sql) {
-            return Ok(statement.clone());
-        }
-        let statement = conn.client.prepare(sql).await?;
-        conn.statements.insert(sql, statement.clone());
-        Ok(statement)
     }
 }
 
