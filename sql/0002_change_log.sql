@@ -26,11 +26,17 @@ CREATE TABLE IF NOT EXISTS realtime.tracked (
     relid regclass PRIMARY KEY
 );
 
--- The capture trigger. It is a deferred constraint trigger, so it runs at COMMIT; it
--- takes one transaction-scoped advisory lock before it draws an id, and that lock is
--- released only once the transaction is visible. Ids therefore become visible in the
--- order they were drawn: a reader at `id > cursor` can never be overtaken by a
+-- The capture trigger. For rows it is a deferred constraint trigger, so it runs at
+-- COMMIT; it takes one transaction-scoped advisory lock before it draws an id, and that
+-- lock is released only once the transaction is visible. Ids therefore become visible
+-- in the order they were drawn: a reader at `id > cursor` can never be overtaken by a
 -- smaller id committing later.
+--
+-- TRUNCATE fires no row triggers, so the same function also runs as a statement
+-- trigger and records one event without a row. That runs at statement time and holds
+-- the lock until the transaction ends, so its id is in commit order too (PostgreSQL
+-- refuses TRUNCATE of a table with pending row events, so no earlier change to the same
+-- table in the transaction can be ordered after it).
 CREATE OR REPLACE FUNCTION realtime.capture() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -42,33 +48,14 @@ BEGIN
         CASE WHEN TG_TABLE_SCHEMA = 'public' THEN TG_TABLE_NAME
              ELSE TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME END,
         TG_OP,
-        CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) ELSE to_jsonb(NEW) END,
+        CASE TG_OP WHEN 'TRUNCATE' THEN NULL
+                   WHEN 'DELETE' THEN to_jsonb(OLD)
+                   ELSE to_jsonb(NEW) END,
         CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) END,
         clock_timestamp()
     );
     -- The doorbell: no payload (NOTIFY's 8000-byte limit never matters) and, being the
-    -- same in every row, PostgreSQL folds it to one notification per transaction.
-    PERFORM pg_notify('rowcast', '');
-    RETURN NULL;
-END
-$$;
-
--- TRUNCATE fires no row triggers; a statement trigger records one event. It runs at
--- statement time and holds the same lock until the transaction ends, so its id is still
--- in commit order (PostgreSQL refuses TRUNCATE of a table with pending row events, so no
--- earlier change to the same table in the transaction can be ordered after it).
-CREATE OR REPLACE FUNCTION realtime.capture_truncate() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock(32199620637860724);
-    INSERT INTO realtime.change_log (id, "table", op, committed_at)
-    VALUES (
-        nextval('realtime.change_log_id_seq'),
-        CASE WHEN TG_TABLE_SCHEMA = 'public' THEN TG_TABLE_NAME
-             ELSE TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME END,
-        'TRUNCATE',
-        clock_timestamp()
-    );
+    -- same every time, PostgreSQL folds it to one notification per transaction.
     PERFORM pg_notify('rowcast', '');
     RETURN NULL;
 END
@@ -86,7 +73,7 @@ BEGIN
         target);
     EXECUTE format(
         'CREATE TRIGGER rowcast_capture_truncate AFTER TRUNCATE ON %s '
-        'FOR EACH STATEMENT EXECUTE FUNCTION realtime.capture_truncate()',
+        'FOR EACH STATEMENT EXECUTE FUNCTION realtime.capture()',
         target);
     INSERT INTO realtime.tracked (relid) VALUES (target) ON CONFLICT DO NOTHING;
 END

@@ -23,21 +23,16 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Pool {
     target: DbTarget,
     /// Connections not in use; checked for `is_closed` before reuse.
-    idle: Mutex<Vec<Conn>>,
+    idle: Mutex<Vec<Client>>,
     /// One permit per connection that may exist.
     permits: Arc<Semaphore>,
-}
-
-#[derive(Debug)]
-struct Conn {
-    client: Client,
 }
 
 /// A connection on loan; it goes back to the pool when dropped, if still open.
 #[derive(Debug)]
 pub struct PooledClient {
     pool: Arc<Pool>,
-    conn: Option<Conn>,
+    client: Option<Client>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -65,22 +60,22 @@ impl Pool {
                 .map_err(|_| DbError::PoolTimeout(ACQUIRE_TIMEOUT))?;
         let reused = {
             let mut idle = self.idle.lock();
-            idle.retain(|conn| !conn.client.is_closed());
+            idle.retain(|client| !client.is_closed());
             idle.pop()
         };
-        let conn = match reused {
-            Some(conn) => conn,
+        let client = match reused {
+            Some(client) => client,
             None => {
                 let client = self.target.connect_spawned().await?;
                 // Timestamps in REST responses and in rows captured from our own writes
                 // are rendered in UTC, whatever the server's default.
                 client.batch_execute("SET TIME ZONE 'UTC'").await?;
-                Conn { client }
+                client
             }
         };
         Ok(PooledClient {
             pool: Arc::clone(self),
-            conn: Some(conn),
+            client: Some(client),
             _permit: permit,
         })
     }
@@ -90,30 +85,26 @@ impl Deref for PooledClient {
     type Target = Client;
 
     fn deref(&self) -> &Client {
-        // `conn` is only taken in `drop`.
-        &self
-            .conn
+        // `client` is only taken in `drop`.
+        self.client
             .as_ref()
             .expect("pooled connection present until drop")
-            .client
     }
 }
 
 impl DerefMut for PooledClient {
     fn deref_mut(&mut self) -> &mut Client {
-        &mut self
-            .conn
+        self.client
             .as_mut()
             .expect("pooled connection present until drop")
-            .client
     }
 }
 
 impl Drop for PooledClient {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if !conn.client.is_closed() {
-                self.pool.idle.lock().push(conn);
+        if let Some(client) = self.client.take() {
+            if !client.is_closed() {
+                self.pool.idle.lock().push(client);
             }
         }
     }
