@@ -98,10 +98,11 @@ impl Session {
                 self.cursor = position;
                 self.push_changes(events, out);
                 if let (Phase::Backlog { replayed }, false) = (self.phase, more) {
-                    out.push(Item::Control(Control::Ready {
-                        head: self.gateway.log.head(),
-                        replayed,
-                    }));
+                    // The scan reached the head it saw (`position`, unless `since` is
+                    // ahead of it). A head read now may be newer, and would announce
+                    // as sent events that only follow `ready`.
+                    let head = position.min(self.gateway.log.head());
+                    out.push(Item::Control(Control::Ready { head, replayed }));
                     self.phase = Phase::Live;
                 }
             }

@@ -158,16 +158,13 @@ async fn dispatch(
         Route::Events if method == Method::GET => {
             let mut params = StreamParams::parse(&query, &gateway.source.catalog())?;
             restrict(&mut params, &grant(false)?, gateway)?;
+            // Browsers never send an empty Last-Event-ID (they omit the header), so an
+            // empty one is as bogus as any other non-number.
             if let Some(last) = request.headers().get("last-event-id") {
                 let text = last.to_str().unwrap_or("\u{fffd}").trim();
-                if !text.is_empty() {
-                    params.since = Some(parse_position(text).ok_or_else(|| {
-                        ApiError::bad_param(
-                            "Last-Event-ID",
-                            "Last-Event-ID must be a decimal event id",
-                        )
-                    })?);
-                }
+                params.since = Some(parse_position(text).ok_or_else(|| {
+                    ApiError::bad_param("Last-Event-ID", "Last-Event-ID must be a decimal event id")
+                })?);
             }
             Ok(sse::respond(Arc::clone(gateway), params, connection))
         }

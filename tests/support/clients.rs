@@ -740,3 +740,64 @@ fn parse_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
         at + len,
     ))
 }
+
+impl SseClient {
+    /// Like [`connect`](Self::connect), but `None` instead of a panic when the server
+    /// is not there (for clients that retry through outages).
+    pub async fn try_connect(
+        addr: SocketAddr,
+        query: &str,
+        extra_headers: &[(&str, &str)],
+    ) -> Option<SseClient> {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let mut request = format!(
+            "GET /events?{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n"
+        );
+        for (name, value) in extra_headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut client = SseClient {
+            stream,
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            raw: Vec::new(),
+            chunked: false,
+            ended: false,
+        };
+        loop {
+            if find(&client.raw, b"\r\n\r\n").is_some() {
+                client.read_head().await;
+                return Some(client);
+            }
+            let mut buf = [0u8; 4096];
+            let n = client.stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            client.raw.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// The next block; `None` when the stream ended or broke (never panics on I/O).
+    pub async fn next_block_lenient(&mut self) -> Option<SseEvent> {
+        loop {
+            self.dechunk();
+            if let Some(end) = find(&self.body, b"\n\n") {
+                let text = String::from_utf8_lossy(&self.body[..end]).into_owned();
+                self.body.drain(..end + 2);
+                return Some(parse_block(&text));
+            }
+            if self.ended {
+                return None;
+            }
+            let mut buf = [0u8; 16384];
+            match self.stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.raw.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+}

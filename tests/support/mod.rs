@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod process;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -19,6 +20,8 @@ use tokio::task::JoinHandle;
 
 #[allow(unused_imports)]
 pub use clients::{http, raw_exchange, HttpResponse, SseClient, SseEvent, WsClient, WsEnd};
+#[allow(unused_imports)]
+pub use process::GatewayProcess;
 
 /// Generous bound for anything a test awaits.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -86,16 +89,28 @@ impl Cluster {
 
     /// A cluster of its own, for tests that stop and start PostgreSQL.
     pub fn private() -> Cluster {
+        Cluster::private_with(Options {
+            fsync: false,
+            max_connections: 300,
+        })
+    }
+
+    /// A cluster of its own with durable commits, for tests that crash PostgreSQL
+    /// and count on acknowledged commits surviving.
+    pub fn private_durable() -> Cluster {
+        Cluster::private_with(Options {
+            fsync: true,
+            max_connections: 300,
+        })
+    }
+
+    fn private_with(options: Options) -> Cluster {
         let dir = std::env::temp_dir().join(format!(
             "rowcast-test-{}-{}",
             std::process::id(),
             NEXT_DB.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        let options = Options {
-            fsync: false,
-            max_connections: 300,
-        };
         let server = Embedded::start(&dir, &options).expect("start a throwaway PostgreSQL");
         reap_when_we_exit(&dir);
         allow_password_role(&server);
