@@ -1250,6 +1250,11 @@ async fn a_message_over_64_kib_closes_the_websocket_with_1009() {
         .send(Message::Text(padded(64 * 1024 + 1).into()))
         .await;
     assert!(matches!(ws.end().await, WsEnd::Closed(1009, _)));
+    let metrics = http(server.addr, "GET", "/metrics", &[], None).await.body;
+    assert!(
+        metrics.contains("rowcast_limit_rejections_total{limit=\"ws_message_size\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

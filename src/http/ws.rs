@@ -26,11 +26,9 @@ use super::server::Connection;
 use crate::event::Control;
 use crate::filter::StreamParams;
 use crate::gateway::Gateway;
-use crate::metrics::Transport;
+use crate::metrics::{Limit, Transport};
 use crate::stream::{record_sent, Item, Session};
 
-/// Largest client message (and frame) accepted; larger ones close with 1009.
-pub const MAX_MESSAGE: usize = 64 * 1024;
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pings a peer may leave unanswered before it is closed with 4001.
@@ -40,13 +38,15 @@ type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// tungstenite's defaults reserve 128 KiB each way per socket; these keep an idle
 /// socket to a few KiB and bound what a stalled one can hold.
-fn socket_config() -> WebSocketConfig {
+/// `max_message` bounds a client message and frame (`--ws-max-message`); larger ones
+/// close with 1009.
+fn socket_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(32 * 1024)
         .max_write_buffer_size(4 * 1024 * 1024)
-        .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE))
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
 }
 
 /// Validates the handshake, registers the session and answers 101; the socket is
@@ -91,7 +91,7 @@ pub fn upgrade(
                 let socket = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
-                    Some(socket_config()),
+                    Some(socket_config(gateway.config.ws_max_message)),
                 )
                 .await;
                 serve(socket, session, gateway, connection).await;
@@ -130,7 +130,12 @@ async fn serve(
     let end = run(&mut socket, &mut session, &gateway).await;
     match end {
         End::Gone => {}
-        End::Close(code, reason) => close(&mut socket, code, reason).await,
+        End::Close(code, reason) => {
+            if code == 1009 {
+                metrics.reject(Limit::WsMessageSize);
+            }
+            close(&mut socket, code, reason).await
+        }
         End::Lagging => {
             metrics.lagging_disconnects.inc();
             tracing::debug!(
