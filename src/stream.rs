@@ -154,12 +154,7 @@ impl Session {
     /// events after it. The horizon and the page come from one snapshot.
     async fn catch_up_page(&self) -> Result<Option<Vec<Arc<Event>>>, DbError> {
         let mut client = self.gateway.pool.get().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let tx = client.snapshot().await?;
         let pruned = changes::pruned_upto(&tx).await?;
         if self.cursor < pruned {
             return Ok(None);

@@ -80,12 +80,7 @@ pub async fn list(gateway: &Gateway, query_string: &str) -> Result<Response<Body
         }
     }
     let mut client = gateway.pool.get().await?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = client.snapshot().await?;
     let rows: String = tx
         .query_typed_one(
             "SELECT coalesce(json_agg(to_jsonb(o) ORDER BY o.id), '[]')::text

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, IsolationLevel, Transaction};
 
 use super::{DbError, DbTarget};
 
@@ -78,6 +78,19 @@ impl Pool {
             client: Some(client),
             _permit: permit,
         })
+    }
+}
+
+impl PooledClient {
+    /// Starts a read-only REPEATABLE READ transaction: one snapshot for several
+    /// queries (rows and their change-log position; a horizon and a page).
+    pub async fn snapshot(&mut self) -> Result<Transaction<'_>, DbError> {
+        Ok(self
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?)
     }
 }
 

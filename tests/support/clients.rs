@@ -159,29 +159,10 @@ impl SseClient {
         query: &str,
         extra_headers: &[(&str, &str)],
     ) -> SseClient {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let mut request = format!(
-            "GET /events?{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n"
-        );
-        for (name, value) in extra_headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream
-            .write_all(request.as_bytes())
+        tokio::time::timeout(WAIT, SseClient::try_connect(addr, query, extra_headers))
             .await
-            .expect("write request");
-        let mut client = SseClient {
-            stream,
-            status: 0,
-            headers: Vec::new(),
-            body: Vec::new(),
-            raw: Vec::new(),
-            chunked: false,
-            ended: false,
-        };
-        client.read_head().await;
-        client
+            .expect("SSE response head in time")
+            .expect("SSE connect")
     }
 
     async fn fill(&mut self) -> bool {
