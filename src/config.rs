@@ -19,6 +19,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:3001";
 pub const DEFAULT_RING_CAPACITY: usize = 65_536;
 /// Default poll interval.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Default least time between two doorbell-woken reads.
+pub const DEFAULT_COALESCE: Duration = Duration::from_millis(2);
 /// Default heartbeat period.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 /// Default time a write may stay blocked before the client is dropped.
@@ -103,6 +105,8 @@ pub struct Config {
     pub source: SourceMode,
     /// Poll period.
     pub poll_interval: Duration,
+    /// Least time between two doorbell-woken reads (batches bursts).
+    pub coalesce: Duration,
     /// Events kept in memory.
     pub ring_capacity: usize,
     /// Apply migrations at start-up.
@@ -154,6 +158,7 @@ impl Default for Config {
             database: Database::Default,
             source: SourceMode::Auto,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            coalesce: DEFAULT_COALESCE,
             ring_capacity: DEFAULT_RING_CAPACITY,
             migrate: true,
             heartbeat: DEFAULT_HEARTBEAT,
@@ -219,6 +224,7 @@ FLAGS (each also ROWCAST_<FLAG>, e.g. --ring-capacity → ROWCAST_RING_CAPACITY)
                                 else localhost:5432 if it answers, else a private server]
     --source notify|poll|auto   how changes are noticed [default: auto]
     --poll-interval DURATION    poll period [default: 500ms]
+    --coalesce DURATION         least time between reads under a burst [default: 2ms]
     --ring-capacity N           events kept in memory [default: 65536]
     --no-migrate                don't apply sql/ at start-up
     --heartbeat DURATION        stream heartbeat period [default: 15s]
@@ -254,6 +260,7 @@ const VALUE_FLAGS: &[&str] = &[
     "database-url",
     "source",
     "poll-interval",
+    "coalesce",
     "ring-capacity",
     "heartbeat",
     "send-timeout",
@@ -382,6 +389,7 @@ fn build(
         }
     };
     config.poll_interval = duration("poll-interval", config.poll_interval)?;
+    config.coalesce = duration("coalesce", config.coalesce)?;
     config.heartbeat = duration("heartbeat", config.heartbeat)?;
     config.send_timeout = duration("send-timeout", config.send_timeout)?;
     config.shutdown_timeout = duration("shutdown-timeout", config.shutdown_timeout)?;

@@ -178,6 +178,7 @@ impl Gateway {
             target,
             mode: config.source,
             poll_interval: config.poll_interval,
+            coalesce: config.coalesce,
             log: Arc::clone(&log),
             hub: Arc::clone(&hub),
             status: Arc::clone(&source),

@@ -52,6 +52,8 @@ pub struct Session {
     phase: Phase,
     /// Set when a catch-up read failed, so the next wait is bounded.
     retry_pending: bool,
+    /// The vector ring reads are copied into, kept between batches.
+    scratch: Vec<Arc<Event>>,
 }
 
 impl Session {
@@ -67,6 +69,7 @@ impl Session {
             cursor,
             phase: Phase::Backlog { replayed: 0 },
             retry_pending: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -83,7 +86,7 @@ impl Session {
     /// Appends the next messages to `out` (nothing if there is nothing to send now).
     /// At most [`MAX_BATCH`] changes.
     pub async fn next_batch(&mut self, out: &mut Vec<Item>) {
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.scratch);
         let read = {
             let selection = &self.selection;
             self.gateway.log.read_after(
@@ -143,11 +146,16 @@ impl Session {
         }
     }
 
-    fn push_changes(&mut self, events: Vec<Arc<Event>>, out: &mut Vec<Item>) {
+    /// Moves `events` into `out` and keeps the emptied vector for the next read, so
+    /// a live session allocates nothing per batch.
+    fn push_changes(&mut self, mut events: Vec<Arc<Event>>, out: &mut Vec<Item>) {
         if let Phase::Backlog { replayed } = &mut self.phase {
             *replayed += events.len() as u64;
         }
-        out.extend(events.into_iter().map(Item::Change));
+        out.extend(events.drain(..).map(Item::Change));
+        if events.capacity() > self.scratch.capacity() {
+            self.scratch = events;
+        }
     }
 
     /// One page of `change_log` after the cursor, or `None` when retention has deleted

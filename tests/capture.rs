@@ -37,6 +37,7 @@ impl Reader {
             target: target.clone(),
             mode,
             poll_interval: Duration::from_millis(50),
+            coalesce: Duration::from_millis(2),
             log: Arc::clone(&log),
             hub: Hub::new(),
             status: Arc::clone(&status),

@@ -130,6 +130,10 @@ pub struct Source {
     pub mode: SourceMode,
     /// Poll period in poll mode.
     pub poll_interval: Duration,
+    /// Least time between two reads woken by the doorbell: under a burst of commits,
+    /// one read (and one wake-up of every subscriber) then carries many events, so
+    /// clients get several per socket write. Idle-to-first-event latency is unaffected.
+    pub coalesce: Duration,
     /// Where events go.
     pub log: Arc<EventLog>,
     /// Who to wake.
@@ -225,9 +229,11 @@ impl Source {
         } else {
             self.poll_interval
         };
+        let mut last_read;
         loop {
             // Read until caught up; a full batch means there may be more.
             loop {
+                last_read = Instant::now();
                 let read = self.read_batch(&client).await?;
                 if !self.status.is_live() {
                     self.status.set_live(true);
@@ -248,7 +254,12 @@ impl Source {
                         reason: "connection closed".into(),
                     });
                 }
-                _ = doorbell.notified(), if mode == SourceMode::Notify => {}
+                _ = doorbell.notified(), if mode == SourceMode::Notify => {
+                    let wait = self.coalesce.saturating_sub(last_read.elapsed());
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
                 _ = tokio::time::sleep(tick) => {}
             }
         }
