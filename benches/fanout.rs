@@ -1,0 +1,238 @@
+//! Fan-out of one event to 10 / 1,000 / 10,000 in-process subscribers: append to the
+//! ring, wake the hub, and let every woken subscriber read its batch with
+//! `EventLog::read_after` and its selection's `matches`, as a stream session does.
+//! No sockets: this is the gateway's own cost per event, before any write.
+//!
+//! - `fanout_direct`: the subscribers are plain structs polled in a loop (wake-up
+//!   permit taken with `now_or_never`), so the figure is hub + ring + filter alone.
+//! - `fanout_tasks`: each subscriber is a tokio task on a current-thread runtime, so
+//!   the figure adds waking and polling a task per subscriber.
+//!
+//! Selections: `all` (every subscriber gets the event), `filter_match` and
+//! `filter_miss` (a `status=eq.…` filter that passes or rejects it: the hub wakes on
+//! tables only, so a miss still costs a wake-up and a scan per subscriber), and
+//! `other_table` (subscribers of another table: not woken at all).
+
+use std::cell::Cell;
+use std::hint::black_box;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use futures_util::FutureExt;
+use rowcast::event::{ChangeRecord, Event};
+use rowcast::filter::{Catalog, Selection, StreamParams};
+use rowcast::hub::{Hub, Registration};
+use rowcast::log::{EventLog, Read};
+use rowcast::stream::MAX_BATCH;
+use serde_json::json;
+
+const SIZES: [usize; 3] = [10, 1_000, 10_000];
+/// Events built (untimed) ahead of each timed stretch.
+const CHUNK: u64 = 1024;
+
+const SELECTIONS: [(&str, &str); 4] = [
+    ("all", "tables=orders"),
+    ("filter_match", "tables=orders&filter=status=eq.shipped"),
+    ("filter_miss", "tables=orders&filter=status=eq.pending"),
+    ("other_table", "tables=audit"),
+];
+
+fn catalog() -> Catalog {
+    let columns = |names: &[&str]| names.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    Catalog::new([
+        (
+            "orders".to_owned(),
+            columns(&[
+                "id",
+                "customer_name",
+                "product_name",
+                "status",
+                "updated_at",
+            ]),
+        ),
+        ("audit".to_owned(), columns(&["id", "status"])),
+    ])
+}
+
+fn event(id: u64) -> Arc<Event> {
+    Arc::new(
+        Event::from_record(ChangeRecord {
+            id: id as i64,
+            table: "orders".into(),
+            op: "UPDATE".into(),
+            row: Some(json!({
+                "id": id, "customer_name": "Ada Lovelace", "product_name": "Analytical Engine manual",
+                "status": "shipped", "updated_at": "2026-11-24T21:00:00.123456+00:00"
+            })),
+            old: Some(json!({"id": id, "status": "pending"})),
+            committed_at: "2026-11-24T21:00:00.123456Z".into(),
+            committed_at_micros: 0,
+        })
+        .expect("a valid event"),
+    )
+}
+
+/// A subscriber as a session holds it: registration, selection, cursor.
+struct Subscriber {
+    registration: Registration,
+    selection: Selection,
+    cursor: u64,
+}
+
+impl Subscriber {
+    /// Reads the batch after the cursor; returns how many events it would send.
+    fn read(&mut self, log: &EventLog, out: &mut Vec<Arc<Event>>) -> usize {
+        out.clear();
+        let selection = &self.selection;
+        match log.read_after(self.cursor, MAX_BATCH, |e| selection.matches(e), out) {
+            Read::Scanned { position, .. } => self.cursor = position,
+            Read::Behind { .. } => unreachable!("subscribers keep up with the ring"),
+        }
+        out.len()
+    }
+}
+
+fn subscribers(hub: &Arc<Hub>, query: &str, n: usize) -> Vec<Subscriber> {
+    let params = StreamParams::parse(query, &catalog()).expect("valid stream parameters");
+    (0..n)
+        .map(|_| Subscriber {
+            registration: hub.register(params.selection.tables.as_deref()),
+            selection: params.selection.clone(),
+            cursor: 0,
+        })
+        .collect()
+}
+
+/// Times `iters` events, building them in untimed chunks.
+fn timed_events(iters: u64, next_id: &mut u64, mut fan_out: impl FnMut(Arc<Event>)) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        let events: Vec<Arc<Event>> = (0..n).map(|i| event(*next_id + i + 1)).collect();
+        *next_id += n;
+        let started = Instant::now();
+        for e in events {
+            fan_out(e);
+        }
+        total += started.elapsed();
+        left -= n;
+    }
+    total
+}
+
+fn fanout_direct(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fanout_direct");
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    for (name, query) in SELECTIONS {
+        for n in SIZES {
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, &n| {
+                let hub = Hub::new();
+                let log = EventLog::new(65_536, 0);
+                let mut subs = subscribers(&hub, query, n);
+                let mut out = Vec::with_capacity(MAX_BATCH);
+                let mut next_id = 0;
+                // Subscribers of another table are never woken, and a gateway never
+                // polls a subscriber that was not woken: time append + wake alone.
+                let polled = name != "other_table";
+                if !polled {
+                    hub.wake(["orders"]);
+                    assert!(subs
+                        .iter()
+                        .all(|s| s.registration.woken().now_or_never().is_none()));
+                }
+                b.iter_custom(|iters| {
+                    timed_events(iters, &mut next_id, |e| {
+                        log.append([e]);
+                        hub.wake(["orders"]);
+                        let mut sent = 0;
+                        for s in subs.iter_mut().filter(|_| polled) {
+                            if s.registration.woken().now_or_never().is_some() {
+                                sent += s.read(&log, &mut out);
+                            }
+                        }
+                        black_box(sent);
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn fanout_tasks(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fanout_tasks");
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    // `other_table` wakes nobody; the direct group already shows it.
+    for (name, query) in &SELECTIONS[..3] {
+        for n in SIZES {
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(BenchmarkId::new(*name, n), &n, |b, &n| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                let local = tokio::task::LocalSet::new();
+                let hub = Hub::new();
+                let log = Arc::new(EventLog::new(65_536, 0));
+                // Each task counts the wake-ups it served; the driver waits for all.
+                let served = Rc::new(Cell::new(0u64));
+                let all_served = Rc::new(tokio::sync::Notify::new());
+                let target = Rc::new(Cell::new(0u64));
+                for mut s in subscribers(&hub, query, n) {
+                    let (log, served, all_served, target) = (
+                        Arc::clone(&log),
+                        Rc::clone(&served),
+                        Rc::clone(&all_served),
+                        Rc::clone(&target),
+                    );
+                    local.spawn_local(async move {
+                        let mut out = Vec::with_capacity(MAX_BATCH);
+                        loop {
+                            s.registration.woken().await;
+                            black_box(s.read(&log, &mut out));
+                            served.set(served.get() + 1);
+                            if served.get() == target.get() {
+                                all_served.notify_one();
+                            }
+                        }
+                    });
+                }
+                let mut next_id = 0u64;
+                b.iter_custom(|iters| {
+                    local.block_on(&runtime, async {
+                        let mut total = Duration::ZERO;
+                        let mut left = iters;
+                        while left > 0 {
+                            let k = left.min(CHUNK);
+                            let events: Vec<Arc<Event>> =
+                                (0..k).map(|i| event(next_id + i + 1)).collect();
+                            next_id += k;
+                            let started = Instant::now();
+                            for e in events {
+                                log.append([e]);
+                                target.set(target.get() + n as u64);
+                                hub.wake(["orders"]);
+                                // The woken tasks run while the driver waits here.
+                                all_served.notified().await;
+                            }
+                            total += started.elapsed();
+                            left -= k;
+                        }
+                        total
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fanout_direct, fanout_tasks);
+criterion_main!(benches);
