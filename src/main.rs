@@ -59,8 +59,7 @@ type BoxError = Box<dyn std::error::Error>;
 
 async fn serve(config: Config) -> Result<(), BoxError> {
     let max_connections = rowcast::http::server::connection_ceiling(config.max_connections);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = rowcast::http::server::bind(config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let gateway = Gateway::start(config).await?;
     let addr = listener.local_addr()?;

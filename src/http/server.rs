@@ -93,6 +93,23 @@ impl Drop for Slot {
     }
 }
 
+/// Connections the kernel may queue before `accept`: std's default of 128 overflows
+/// when hundreds of clients reconnect at once, and each overflow costs a client a 1 s
+/// SYN retry.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the listening socket with a deep accept queue.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Raises the soft descriptor limit to the hard one and derives the connection limit.
 pub fn connection_ceiling(configured: Option<usize>) -> usize {
     let files = match rlimit::increase_nofile_limit(u64::MAX) {
