@@ -222,6 +222,44 @@ impl Selection {
         }
         self.filters.iter().all(|filter| filter.matches(event))
     }
+
+    /// The hub index for this selection: a column and the value keys (see
+    /// [`value_key`]) one of which a row must hold to match, taken from the first `eq`
+    /// or `in` filter whose every operand can be keyed. `None`: no such filter.
+    pub fn index_keys(&self) -> Option<(&str, Vec<String>)> {
+        self.filters.iter().find_map(|filter| {
+            let operands: &[Operand] = match &filter.test {
+                Test::Compare(Comparison::Eq, operand) => std::slice::from_ref(operand),
+                Test::In(operands) => operands,
+                Test::Compare(..) => return None,
+            };
+            let mut keys = Vec::with_capacity(operands.len() * 2);
+            for operand in operands {
+                // A row string compares with the operand as text.
+                keys.push(format!("s:{}", operand.text));
+                if let Some(number) = operand.number {
+                    // A row number compares with a numeric operand as a number; one too
+                    // large to key exactly makes the filter unindexable.
+                    keys.push(format!("n:{}", number.canonical()?));
+                }
+            }
+            Some((filter.column.as_str(), keys))
+        })
+    }
+}
+
+/// The key under which a row value is indexed: equal keys exactly when an `eq` filter
+/// comparing that value with an operand would say equal (for the operand's keys from
+/// [`Selection::index_keys`]). `None` for null (which matches nothing) and for
+/// numbers too large to key exactly.
+pub fn value_key(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::Number(n) => Some(format!("n:{}", Number::of_json(n)?.canonical()?)),
+        Value::String(s) => Some(format!("s:{s}")),
+        Value::Bool(b) => Some(format!("s:{b}")),
+        other => Some(format!("s:{other}")),
+    }
 }
 
 /// One `filter=<column>=<op>.<value>` condition on the event's row.
@@ -315,6 +353,22 @@ impl Number {
             }
         }
         text.parse().ok().map(Number::Float)
+    }
+
+    /// One text per numeric value, integral floats written as integers, so that keys
+    /// are equal exactly when the numbers compare equal; `None` beyond 2^53, where
+    /// floats can no longer tell neighbouring integers apart.
+    fn canonical(self) -> Option<String> {
+        const EXACT: f64 = 9_007_199_254_740_992.0;
+        match self {
+            Number::Int(i) if i.unsigned_abs() < 1 << 53 => Some(i.to_string()),
+            Number::Float(f) if f.is_finite() && f.abs() < EXACT => Some(if f.fract() == 0.0 {
+                (f as i64).to_string()
+            } else {
+                f.to_string()
+            }),
+            _ => None,
+        }
     }
 
     fn of_json(number: &serde_json::Number) -> Option<Number> {
@@ -574,6 +628,55 @@ mod tests {
         assert!(!params
             .selection
             .matches(&event("INSERT", "orders", json!({}))));
+    }
+
+    #[test]
+    fn index_keys_agree_with_matching() {
+        let values = [
+            json!(10),
+            json!(10.0),
+            json!(-0.0),
+            json!(0),
+            json!("10"),
+            json!("10.0"),
+            json!(10.5),
+            json!("shipped"),
+            json!(true),
+            json!("true"),
+            json!(null),
+            json!({"a": 1}),
+            json!([1]),
+            json!(9_007_199_254_740_993u64),
+        ];
+        let queries = [
+            "filter=id=eq.10",
+            "filter=id=eq.10.0",
+            "filter=id=eq.0",
+            "filter=id=eq.10.5",
+            "filter=id=eq.1e1",
+            "filter=id=eq.shipped",
+            "filter=id=eq.true",
+            r#"filter=id=in.(0,"10",x)"#,
+            r#"filter=id=eq.{"a":1}"#,
+            "filter=id=eq.[1]",
+        ];
+        for query in queries {
+            let params = StreamParams::parse(query, &catalog()).unwrap();
+            let (column, keys) = params.selection.index_keys().expect(query);
+            assert_eq!(column, "id");
+            for value in &values {
+                let matched =
+                    params
+                        .selection
+                        .matches(&event("UPDATE", "orders", json!({"id": value})));
+                let keyed = value_key(value).is_some_and(|k| keys.contains(&k));
+                assert_eq!(matched, keyed, "{query} vs {value}");
+            }
+        }
+        let range = StreamParams::parse("filter=id=gt.3", &catalog()).unwrap();
+        assert!(range.selection.index_keys().is_none());
+        let huge = StreamParams::parse("filter=id=eq.9007199254740993", &catalog()).unwrap();
+        assert!(huge.selection.index_keys().is_none());
     }
 
     #[test]

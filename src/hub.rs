@@ -1,9 +1,13 @@
 //! The hub: who is subscribed, and waking them when events arrive.
 //!
 //! A subscriber is a cursor into the [`EventLog`](crate::log::EventLog) plus a
-//! [`Notify`]; the hub only knows which tables each one listens to, so that a batch of
-//! events wakes the subscribers of the tables it touched and nobody else. Waking is a
-//! permit, never a queue: a subscriber woken ten times while busy reads once.
+//! [`Notify`]. The hub files each one under the narrowest key its selection allows: a
+//! value of a column when it has an `eq`/`in` filter, else its tables, else "all". A
+//! batch of events wakes only the subscribers filed under the keys it touches, so a
+//! thousand clients each watching their own customer cost one wake-up per matching
+//! event, not a thousand. Waking is a permit, never a queue: a subscriber woken ten
+//! times while busy reads once. Subscribers that were not woken still see every event
+//! when they next read (heartbeats make them read), so the index only ever saves work.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,11 +15,28 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tokio::sync::Notify;
 
+use crate::event::{Event, Op};
+use crate::filter::{value_key, Selection};
+
+/// Where a subscriber is filed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    /// Every event.
+    All,
+    /// Events of one table.
+    Table(Arc<str>),
+    /// Events whose row holds this value key in this column (and every TRUNCATE).
+    Value { column: Arc<str>, value: String },
+}
+
 /// The subscriber index.
 #[derive(Debug, Default)]
 pub struct Hub {
-    /// Wakers by table; the `None` key holds the subscribers of every table.
-    groups: DashMap<Option<Arc<str>>, DashMap<u64, Arc<Notify>>>,
+    /// Wakers by key.
+    groups: DashMap<Key, DashMap<u64, Arc<Notify>>>,
+    /// The columns some subscriber is filed under, with how many registrations use
+    /// each: the only columns a batch's rows are looked up in.
+    indexed: DashMap<Arc<str>, usize>,
     /// Registration ids, unique for the process.
     next_id: AtomicU64,
 }
@@ -25,7 +46,7 @@ pub struct Hub {
 pub struct Registration {
     hub: Arc<Hub>,
     id: u64,
-    keys: Vec<Option<Arc<str>>>,
+    keys: Vec<Key>,
     notify: Arc<Notify>,
 }
 
@@ -35,13 +56,24 @@ impl Hub {
         Arc::new(Hub::default())
     }
 
-    /// Registers a subscriber of `tables` (`None`: all tables).
-    pub fn register(self: &Arc<Self>, tables: Option<&[Arc<str>]>) -> Registration {
+    /// Registers a subscriber with this selection.
+    pub fn register(self: &Arc<Self>, selection: &Selection) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
-        let keys: Vec<Option<Arc<str>>> = match tables {
-            None => vec![None],
-            Some(tables) => tables.iter().cloned().map(Some).collect(),
+        let keys: Vec<Key> = match (selection.index_keys(), &selection.tables) {
+            (Some((column, values)), _) => {
+                let column: Arc<str> = Arc::from(column);
+                *self.indexed.entry(Arc::clone(&column)).or_insert(0) += 1;
+                values
+                    .into_iter()
+                    .map(|value| Key::Value {
+                        column: Arc::clone(&column),
+                        value,
+                    })
+                    .collect()
+            }
+            (None, Some(tables)) => tables.iter().cloned().map(Key::Table).collect(),
+            (None, None) => vec![Key::All],
         };
         for key in &keys {
             self.groups
@@ -57,21 +89,48 @@ impl Hub {
         }
     }
 
-    /// Wakes the subscribers of the given tables (and those of every table). The
-    /// shards are read one at a time and no lock is held while a task is woken.
-    pub fn wake<'a>(&self, tables: impl IntoIterator<Item = &'a str>) {
+    /// Wakes the subscribers a batch of events may concern. No map lock is held while
+    /// a task is woken.
+    pub fn wake(&self, events: &[Arc<Event>]) {
         let mut woken: Vec<Arc<Notify>> = Vec::new();
-        let mut collect = |key: &Option<Arc<str>>| {
+        let mut collect = |key: &Key| {
             if let Some(group) = self.groups.get(key) {
                 woken.extend(group.iter().map(|entry| Arc::clone(entry.value())));
             }
         };
-        collect(&None);
-        let mut seen: Vec<&str> = Vec::new();
-        for table in tables {
-            if !seen.contains(&table) {
-                seen.push(table);
-                collect(&Some(Arc::from(table)));
+        collect(&Key::All);
+        let mut tables: Vec<&Arc<str>> = Vec::new();
+        for event in events {
+            if !tables.contains(&&event.table) {
+                tables.push(&event.table);
+                collect(&Key::Table(Arc::clone(&event.table)));
+            }
+        }
+        if !self.indexed.is_empty() {
+            let columns: Vec<Arc<str>> = self.indexed.iter().map(|e| Arc::clone(e.key())).collect();
+            let mut truncated = false;
+            for event in events {
+                if event.op == Op::Truncate {
+                    truncated = true;
+                    continue;
+                }
+                let Some(row) = &event.row else { continue };
+                for column in &columns {
+                    if let Some(value) = row.get(&**column).and_then(value_key) {
+                        collect(&Key::Value {
+                            column: Arc::clone(column),
+                            value,
+                        });
+                    }
+                }
+            }
+            if truncated {
+                // A TRUNCATE passes every filter.
+                for group in self.groups.iter() {
+                    if matches!(group.key(), Key::Value { .. }) {
+                        woken.extend(group.value().iter().map(|e| Arc::clone(e.value())));
+                    }
+                }
             }
         }
         for notify in woken {
@@ -95,18 +154,6 @@ impl Hub {
         for notify in woken {
             notify.notify_one();
         }
-    }
-
-    /// How many subscriptions are registered.
-    pub fn subscribers(&self) -> usize {
-        let mut ids: Vec<u64> = self
-            .groups
-            .iter()
-            .flat_map(|group| group.value().iter().map(|e| *e.key()).collect::<Vec<_>>())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.len()
     }
 }
 
@@ -132,13 +179,48 @@ impl Drop for Registration {
                 self.hub.groups.remove_if(key, |_, group| group.is_empty());
             }
         }
+        if let Some(Key::Value { column, .. }) = self.keys.first() {
+            self.hub.indexed.remove_if_mut(column, |_, count| {
+                *count -= 1;
+                *count == 0
+            });
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::ChangeRecord;
+    use crate::filter::{Catalog, StreamParams};
+    use serde_json::json;
     use std::time::Duration;
+
+    fn catalog() -> Catalog {
+        Catalog::new([
+            ("orders".to_owned(), vec!["id".into(), "customer".into()]),
+            ("audit".to_owned(), vec!["id".into()]),
+        ])
+    }
+
+    fn register(hub: &Arc<Hub>, query: &str) -> Registration {
+        hub.register(&StreamParams::parse(query, &catalog()).unwrap().selection)
+    }
+
+    fn event(table: &str, op: &str, row: serde_json::Value) -> Arc<Event> {
+        Arc::new(
+            Event::from_record(ChangeRecord {
+                id: 1,
+                table: table.into(),
+                op: op.into(),
+                row: Some(row),
+                old: None,
+                committed_at: String::new(),
+                committed_at_micros: 0,
+            })
+            .unwrap(),
+        )
+    }
 
     async fn is_woken(registration: &Registration) -> bool {
         tokio::time::timeout(Duration::from_millis(20), registration.woken())
@@ -149,22 +231,43 @@ mod tests {
     #[tokio::test]
     async fn only_subscribers_of_touched_tables_are_woken() {
         let hub = Hub::new();
-        let orders: Arc<str> = Arc::from("orders");
-        let audit: Arc<str> = Arc::from("audit");
-        let all = hub.register(None);
-        let only_orders = hub.register(Some(&[orders]));
-        let only_audit = hub.register(Some(&[audit]));
-        hub.wake(["orders", "orders"]);
+        let all = register(&hub, "");
+        let only_orders = register(&hub, "tables=orders");
+        let only_audit = register(&hub, "tables=audit");
+        hub.wake(&[
+            event("orders", "INSERT", json!({})),
+            event("orders", "INSERT", json!({})),
+        ]);
         assert!(is_woken(&all).await);
         assert!(is_woken(&only_orders).await);
         assert!(!is_woken(&only_audit).await);
     }
 
     #[tokio::test]
+    async fn eq_and_in_filters_wake_only_on_their_values() {
+        let hub = Hub::new();
+        let seven = register(&hub, "filter=customer=eq.7");
+        let some = register(&hub, "filter=customer=in.(8,ann)");
+        let range = register(&hub, "filter=customer=gt.100");
+        hub.wake(&[event("orders", "UPDATE", json!({"customer": 7.0}))]);
+        assert!(is_woken(&seven).await);
+        assert!(!is_woken(&some).await);
+        assert!(
+            is_woken(&range).await,
+            "range filters fall back to the table key"
+        );
+        hub.wake(&[event("orders", "UPDATE", json!({"customer": "ann"}))]);
+        assert!(!is_woken(&seven).await);
+        assert!(is_woken(&some).await);
+        hub.wake(&[event("orders", "TRUNCATE", json!(null))]);
+        assert!(is_woken(&seven).await && is_woken(&some).await);
+    }
+
+    #[tokio::test]
     async fn a_wake_before_waiting_is_not_lost() {
         let hub = Hub::new();
-        let sub = hub.register(None);
-        hub.wake(["t"]);
+        let sub = register(&hub, "");
+        hub.wake(&[event("t", "INSERT", json!({}))]);
         assert!(is_woken(&sub).await);
         assert!(!is_woken(&sub).await);
     }
@@ -172,13 +275,13 @@ mod tests {
     #[tokio::test]
     async fn dropping_a_registration_unregisters_it() {
         let hub = Hub::new();
-        let a = hub.register(Some(&[Arc::from("x"), Arc::from("y")]));
-        let b = hub.register(None);
-        assert_eq!(hub.subscribers(), 2);
+        let a = register(&hub, "tables=orders,audit");
+        let b = register(&hub, "filter=customer=eq.1");
+        assert_eq!(hub.groups.len(), 4);
+        assert_eq!(hub.indexed.len(), 1);
         drop(a);
-        assert_eq!(hub.subscribers(), 1);
-        assert!(hub.groups.get(&Some(Arc::from("x"))).is_none());
         drop(b);
-        assert_eq!(hub.subscribers(), 0);
+        assert!(hub.groups.is_empty());
+        assert!(hub.indexed.is_empty());
     }
 }

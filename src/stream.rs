@@ -60,7 +60,7 @@ impl Session {
     /// Registers with the hub first, then fixes the start position, so no event can
     /// slip between the two.
     pub fn open(gateway: Arc<Gateway>, params: StreamParams) -> Session {
-        let registration = gateway.hub.register(params.selection.tables.as_deref());
+        let registration = gateway.hub.register(&params.selection);
         let cursor = params.since.unwrap_or_else(|| gateway.log.head());
         Session {
             gateway,

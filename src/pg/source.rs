@@ -315,14 +315,8 @@ impl Source {
                 self.metrics
                     .set_source_lag_micros(now_micros - newest.committed_at_micros);
                 self.metrics.events_captured.add(count as u64);
-                let mut tables: Vec<Arc<str>> = Vec::new();
-                for event in &events {
-                    if !tables.iter().any(|t| *t == event.table) {
-                        tables.push(Arc::clone(&event.table));
-                    }
-                }
-                self.log.append(events);
-                self.hub.wake(tables.iter().map(|t| &**t));
+                self.log.append(events.iter().cloned());
+                self.hub.wake(&events);
             }
             None => self.metrics.set_source_lag_micros(0),
         }
