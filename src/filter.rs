@@ -34,13 +34,6 @@ impl Catalog {
             .get(table)
             .is_some_and(|columns| columns.iter().any(|c| c == column))
     }
-
-    /// Tracked table names, sorted.
-    pub fn table_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.tables.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        names
-    }
 }
 
 /// Why stream parameters were refused (always a 400 before any upgrade).
@@ -447,11 +440,6 @@ impl Filter {
             column: column.to_owned(),
             test: Test::Compare(comparison, Operand::new(value.to_owned())),
         })
-    }
-
-    /// The column the filter reads.
-    pub fn column(&self) -> &str {
-        &self.column
     }
 
     fn matches(&self, event: &Event) -> bool {

@@ -137,14 +137,6 @@ impl DbError {
                 | DbError::SchemaMissing(_)
         )
     }
-
-    /// The SQLSTATE code when the server sent one.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            DbError::Query(err) => err.code().map(|code| code.code()),
-            _ => None,
-        }
-    }
 }
 
 /// The driver's connection object for our TLS setup.

@@ -172,11 +172,6 @@ impl Embedded {
         &self.data_dir
     }
 
-    /// The directory of the server binaries.
-    pub fn bindir(&self) -> &Path {
-        &self.bindir
-    }
-
     /// The user the server runs as, when started as root.
     pub fn run_as(&self) -> Option<(u32, u32)> {
         self.run_as
