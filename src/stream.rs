@@ -109,7 +109,9 @@ impl Session {
                     self.phase = Phase::Live;
                 }
             }
-            Read::Behind { .. } => match self.catch_up_page().await {
+            // Boxed: the catch-up future (pool, transaction, queries) is large, and
+            // unboxed it would size every session's future, idle or not.
+            Read::Behind { .. } => match Box::pin(self.catch_up_page()).await {
                 Ok(Some(page)) => {
                     self.retry_pending = false;
                     let matching: Vec<Arc<Event>> = page

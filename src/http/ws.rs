@@ -42,7 +42,7 @@ type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// close with 1009.
 fn socket_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(32 * 1024)
         .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(Some(max_message))
