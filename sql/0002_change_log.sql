@@ -39,21 +39,21 @@ CREATE TABLE IF NOT EXISTS realtime.tracked (
 -- table in the transaction can be ordered after it).
 CREATE OR REPLACE FUNCTION realtime.capture() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    -- Everything that does not need the lock is computed before taking it: the lock
+    -- serialises every tracked commit, so its section is kept to nextval + INSERT.
+    tbl     text := CASE WHEN TG_TABLE_SCHEMA = 'public' THEN TG_TABLE_NAME
+                         ELSE TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME END;
+    new_row jsonb := CASE TG_OP WHEN 'TRUNCATE' THEN NULL
+                                WHEN 'DELETE' THEN to_jsonb(OLD)
+                                ELSE to_jsonb(NEW) END;
+    old_row jsonb := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) END;
 BEGIN
     -- 0x726f7763617374 = 'rowcast': the commit-order lock shared by every tracked table.
     PERFORM pg_advisory_xact_lock(32199620637860724);
     INSERT INTO realtime.change_log (id, "table", op, row, old, committed_at)
-    VALUES (
-        nextval('realtime.change_log_id_seq'),
-        CASE WHEN TG_TABLE_SCHEMA = 'public' THEN TG_TABLE_NAME
-             ELSE TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME END,
-        TG_OP,
-        CASE TG_OP WHEN 'TRUNCATE' THEN NULL
-                   WHEN 'DELETE' THEN to_jsonb(OLD)
-                   ELSE to_jsonb(NEW) END,
-        CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) END,
-        clock_timestamp()
-    );
+    VALUES (nextval('realtime.change_log_id_seq'), tbl, TG_OP, new_row, old_row,
+            clock_timestamp());
     -- The doorbell: no payload (NOTIFY's 8000-byte limit never matters) and, being the
     -- same every time, PostgreSQL folds it to one notification per transaction.
     PERFORM pg_notify('rowcast', '');
