@@ -78,11 +78,6 @@ impl Session {
         self.cursor
     }
 
-    /// Whether `ready` has been produced.
-    pub fn is_live(&self) -> bool {
-        self.phase == Phase::Live
-    }
-
     /// Appends the next messages to `out` (nothing if there is nothing to send now).
     /// At most [`MAX_BATCH`] changes.
     pub async fn next_batch(&mut self, out: &mut Vec<Item>) {
