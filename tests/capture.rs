@@ -614,3 +614,38 @@ async fn untracked_tables_are_not_captured_and_track_is_reversible() {
     let catalog = changes::catalog(&client).await.unwrap();
     assert!(catalog.contains("orders") && !catalog.contains("app.items"));
 }
+
+#[tokio::test]
+async fn numbers_reach_clients_digit_for_digit() {
+    let db = TestDb::new();
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE readings (id serial PRIMARY KEY, exact numeric(30,10), approx float8);
+             SELECT realtime.track('readings');
+             INSERT INTO readings (exact, approx)
+             VALUES (12345678901234567890.1234567890, 7.06416436983199e-304);",
+        )
+        .await
+        .unwrap();
+    let events = table_events(&db).await;
+    let json = events[0].json.as_str();
+    assert!(
+        json.contains(r#""exact":12345678901234567890.1234567890"#),
+        "{json}"
+    );
+    // jsonb holds numbers as numeric: the float8 arrives exactly as PostgreSQL's own
+    // jsonb text (what REST returns) renders it.
+    let approx: String = client
+        .query_one(
+            "SELECT (to_jsonb(r) -> 'approx')::text FROM readings r",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        json.contains(&format!(r#""approx":{approx}"#)),
+        "{approx} in {json}"
+    );
+}

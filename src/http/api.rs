@@ -536,7 +536,8 @@ mod tests {
 
     #[test]
     fn valid_json_that_value_cannot_hold_is_422_and_bad_syntax_400() {
-        let field = |body: &str| match parse_json(body.as_bytes()) {
+        // What the API answers: the body parsed, then validated.
+        let field = |body: &str| match parse_json(body.as_bytes()).and_then(OrderFields::parse) {
             Err(ApiError::Invalid { field, .. }) => field,
             other => panic!("{body}: expected 422, got {other:?}"),
         };
