@@ -9,7 +9,8 @@
 # Usage: scripts/bench.sh [--runs N] [--only NAME[,NAME…]] [--no-criterion]
 #                         [--no-capture] [--smoke] [--keep DIR]
 #   --runs N     runs per load scenario (default 3; medians over them)
-#   --only LIST  load scenarios to run (names below); implies --no-criterion --no-capture
+#   --only LIST  load scenarios to run (names below, including the optional 10-minute
+#                soak1000_x_100cps); implies --no-criterion --no-capture
 #   --smoke      a few seconds per scenario at small scale, one run: checks that the
 #                script and the harness work, not a measurement
 #   --keep DIR   keep every run's JSON report and gateway log in DIR
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
     --no-capture) CAPTURE=0; shift ;;
     --smoke) SMOKE=1; RUNS=1; CRITERION=0; CAPTURE=0; shift ;;
     --keep) KEEP=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -45,6 +46,11 @@ SCENARIOS=(
   "one_x_100cps_poll|--source poll --poll-interval 500ms|--clients 1 --rate 100 --writers 1 --duration 20s"
   "idle19000_mixed|--source notify|--idle --clients 19000 --ws-share 0.5 --procs 2 --duration 10s --connect-timeout 60s --source-addrs 32"
 )
+# Run only when named with --only (ten minutes each): the soak of issue 5's targets.
+OPTIONAL_SCENARIOS=(
+  "soak1000_x_100cps|--source notify|--clients 1000 --ws-share 1 --rate 100 --writers 2 --duration 600s"
+)
+if [ -n "$ONLY" ]; then SCENARIOS+=("${OPTIONAL_SCENARIOS[@]}"); fi
 # The same shapes, small and short (--smoke).
 SMOKE_SCENARIOS=(
   "ws200_x_200cps|--source notify|--clients 200 --ws-share 1 --rate 200 --writers 4 --duration 5s"
