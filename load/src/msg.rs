@@ -47,7 +47,7 @@ impl WorkerSpec {
 
 /// Parent → worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
+#[serde(tag = "cmd", content = "data", rename_all = "snake_case")]
 pub enum Command {
     /// The writers are done: wait until every client has every committed row (or the
     /// timeout), then report.
@@ -63,7 +63,7 @@ pub enum Command {
 
 /// Worker → parent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[serde(tag = "event", content = "data", rename_all = "snake_case")]
 pub enum Event {
     /// Every client of the worker is connected (got `ready`) or has failed.
     Connected(ConnectReport),
