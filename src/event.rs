@@ -242,13 +242,22 @@ impl Control {
 
     /// The SSE block, with `id:` where the message has a position.
     pub fn sse(&self) -> Bytes {
-        let (id, name) = match self {
-            Control::Ready { head, .. } => (Some(*head), "ready"),
-            Control::Reset { head } => (Some(*head), "reset"),
-            Control::Heartbeat { position } => (Some(*position), "heartbeat"),
-            Control::Pong => (None, "pong"),
+        let name = match self {
+            Control::Ready { .. } => "ready",
+            Control::Reset { .. } => "reset",
+            Control::Heartbeat { .. } => "heartbeat",
+            Control::Pong => "pong",
         };
-        sse_block(id, name, &self.json())
+        sse_block(self.position(), name, &self.json())
+    }
+
+    /// The stream position the message carries (its SSE `id:`), if any.
+    pub fn position(&self) -> Option<u64> {
+        match self {
+            Control::Ready { head, .. } | Control::Reset { head } => Some(*head),
+            Control::Heartbeat { position } => Some(*position),
+            Control::Pong => None,
+        }
     }
 }
 

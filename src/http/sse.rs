@@ -13,7 +13,6 @@ use tokio::sync::mpsc;
 
 use super::body::{Body, ChannelBody};
 use super::server::Connection;
-use crate::event::Control;
 use crate::filter::StreamParams;
 use crate::gateway::Gateway;
 use crate::metrics::Transport;
@@ -139,14 +138,7 @@ fn encode(items: &[Item], last_id_sent: &mut u64) -> (Bytes, u64) {
     let block = |item: &Item| -> (Bytes, Option<u64>) {
         match item {
             Item::Change(event) => (event.sse.clone(), Some(event.id)),
-            Item::Control(control) => {
-                let id = match control {
-                    Control::Ready { head, .. } | Control::Reset { head } => Some(*head),
-                    Control::Heartbeat { position } => Some(*position),
-                    Control::Pong => None,
-                };
-                (control.sse(), id)
-            }
+            Item::Control(control) => (control.sse(), control.position()),
         }
     };
     let changes = items

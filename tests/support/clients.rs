@@ -240,14 +240,20 @@ impl SseClient {
         }
     }
 
+    /// A complete block already received, if there is one.
+    fn take_block(&mut self) -> Option<SseEvent> {
+        self.dechunk();
+        let end = find(&self.body, b"\n\n")?;
+        let text = String::from_utf8(self.body[..end].to_vec()).expect("UTF-8 block");
+        self.body.drain(..end + 2);
+        Some(parse_block(&text))
+    }
+
     /// The next block, or `None` when the stream ended.
     pub async fn next_block(&mut self) -> Option<SseEvent> {
         loop {
-            self.dechunk();
-            if let Some(end) = find(&self.body, b"\n\n") {
-                let text = String::from_utf8(self.body[..end].to_vec()).expect("UTF-8 block");
-                self.body.drain(..end + 2);
-                return Some(parse_block(&text));
+            if let Some(block) = self.take_block() {
+                return Some(block);
             }
             if self.ended || !self.fill().await {
                 return None;
@@ -765,11 +771,8 @@ impl SseClient {
     /// The next block; `None` when the stream ended or broke (never panics on I/O).
     pub async fn next_block_lenient(&mut self) -> Option<SseEvent> {
         loop {
-            self.dechunk();
-            if let Some(end) = find(&self.body, b"\n\n") {
-                let text = String::from_utf8_lossy(&self.body[..end]).into_owned();
-                self.body.drain(..end + 2);
-                return Some(parse_block(&text));
+            if let Some(block) = self.take_block() {
+                return Some(block);
             }
             if self.ended {
                 return None;
