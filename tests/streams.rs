@@ -15,7 +15,7 @@ use futures_util::SinkExt;
 use rowcast::config::Config;
 use serde_json::{json, Value};
 use support::clients::{small_buffer_stream, upgrade_request, RawWs};
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------------------------
@@ -475,6 +475,109 @@ async fn an_sse_stream_opens_with_a_retry_line_and_event_stream_headers() {
     );
     let ready_event = sse.next_block().await.expect("ready");
     assert_eq!(ready_event.event.as_deref(), Some("ready"));
+}
+
+/// Reads one response that has a Content-Length, leaving the connection open.
+async fn read_one_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse().ok())
+                .expect("a content-length");
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let n = within("a response", stream.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "closed before the response ended");
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn an_sse_stream_is_the_same_first_on_a_connection_after_another_request_or_in_pieces() {
+    // A connection's first request, complete, is streamed on the socket itself; one
+    // after another request on a kept-alive connection, or whose head arrives in
+    // pieces, goes through hyper. A client cannot tell them apart.
+    let db = TestDb::new();
+    let server = TestServer::start(db.config()).await;
+    let client = db.client().await;
+    let connect = || async { tokio::net::TcpStream::connect(server.addr).await.unwrap() };
+    let first = SseClient::connect_on(connect().await, server.addr, "tables=orders", &[]).await;
+    let mut kept_alive = connect().await;
+    kept_alive
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_one_response(&mut kept_alive)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let after = SseClient::connect_on(kept_alive, server.addr, "tables=orders", &[]).await;
+    let request = support::clients::events_request(server.addr, "tables=orders", &[]);
+    let (start, rest) = request.split_at(12);
+    let pieces =
+        SseClient::connect_in_pieces(connect().await, &[start.as_bytes(), rest.as_bytes()]).await;
+    let mut clients = [first, after, pieces];
+    for sse in &mut clients {
+        assert_eq!(sse.status, 200);
+        assert_eq!(sse.header("content-type"), Some("text/event-stream"));
+        assert_eq!(sse.header("cache-control"), Some("no-cache"));
+        assert_eq!(sse.header("x-accel-buffering"), Some("no"));
+        assert_eq!(sse.header("transfer-encoding"), Some("chunked"));
+        assert!(sse.header("date").is_some());
+        let retry = sse.next_block().await.expect("the retry block");
+        assert!(retry.retry.is_some(), "{retry:?}");
+        let (backlog, ready) = sse.until_ready().await;
+        assert!(backlog.is_empty());
+        assert_eq!(ready.event.as_deref(), Some("ready"));
+    }
+    let order = insert_order(&client, "Ann", "Book").await;
+    let expected = logged_ids(&db, 0, "true").await;
+    for sse in &mut clients {
+        let change = checked_sse(&sse.changes(1).await[0]);
+        assert_eq!(change["row"]["id"], order);
+        assert_eq!(vec![id_of(&change)], expected);
+    }
+    assert!(server.shutdown().await, "the drain completed");
+    for sse in &mut clients {
+        assert!(sse.ends().await);
+        assert!(sse.ended_cleanly(), "each body ends with its last chunk");
+    }
+}
+
+#[tokio::test]
+async fn an_sse_client_that_vanishes_is_noticed_on_either_path() {
+    let db = TestDb::new();
+    let server = TestServer::start(db.config()).await;
+    let direct = SseClient::connect(server.addr, "", &[]).await;
+    let request = support::clients::events_request(server.addr, "", &[]);
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (start, rest) = request.split_at(5);
+    let through_hyper =
+        SseClient::connect_in_pieces(stream, &[start.as_bytes(), rest.as_bytes()]).await;
+    let gauge = "rowcast_connections{transport=\"sse\"}";
+    let deadline = Instant::now() + WAIT;
+    while metric(server.addr, gauge).await != 2.0 {
+        assert!(Instant::now() < deadline, "both streams counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Gone without a word, with no event to write that would fail.
+    drop(direct);
+    drop(through_hyper);
+    while metric(server.addr, gauge).await != 0.0 {
+        assert!(Instant::now() < deadline, "both vanished clients noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ pub mod error;
 pub mod ops;
 pub mod routes;
 pub mod server;
+pub mod sniff;
 pub mod sse;
 pub mod ui;
 pub mod ws;

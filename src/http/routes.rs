@@ -7,7 +7,7 @@ use http::header::{
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ALLOW,
     AUTHORIZATION, ORIGIN, VARY,
 };
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::{empty, Body};
@@ -115,13 +115,7 @@ async fn dispatch(
         allow: route.allow(),
     };
     let get_like = method == Method::GET || method == Method::HEAD;
-    let header_token = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(auth::bearer)
-        .map(str::to_owned);
-    let credential = header_token.or(query_token);
+    let credential = credential(request.headers(), query_token);
     let grant = |write: bool| authorize(gateway, credential.as_deref(), write);
     match route {
         Route::Orders => match method {
@@ -156,16 +150,7 @@ async fn dispatch(
             ws::upgrade(request, Arc::clone(gateway), params, connection)
         }
         Route::Events if method == Method::GET => {
-            let mut params = StreamParams::parse(&query, &gateway.source.catalog())?;
-            restrict(&mut params, &grant(false)?, gateway)?;
-            // Browsers never send an empty Last-Event-ID (they omit the header), so an
-            // empty one is as bogus as any other non-number.
-            if let Some(last) = request.headers().get("last-event-id") {
-                let text = last.to_str().unwrap_or("\u{fffd}").trim();
-                params.since = Some(parse_position(text).ok_or_else(|| {
-                    ApiError::bad_param("Last-Event-ID", "Last-Event-ID must be a decimal event id")
-                })?);
-            }
+            let params = events_params(&query, credential.as_deref(), request.headers(), gateway)?;
             Ok(sse::respond(Arc::clone(gateway), params, connection))
         }
         Route::Healthz if get_like => Ok(ops::healthz()),
@@ -174,6 +159,56 @@ async fn dispatch(
         Route::Ui if get_like => ui::asset(&path).ok_or_else(|| ApiError::NotFound(path.clone())),
         _ => Err(not_allowed()),
     }
+}
+
+/// Admits a `GET /events` read off the socket before hyper (see [`super::sniff`]) with
+/// the same checks as the route: on success, the response headers (CORS included; the
+/// 200 is counted) and the stream's parameters. `None` when the request is refused:
+/// hyper then serves it and answers the error, as for any other request.
+pub fn admit_events(request: &Request<()>, gateway: &Gateway) -> Option<(HeaderMap, StreamParams)> {
+    let (query, query_token) = auth::take_access_token(request.uri().query().unwrap_or(""));
+    let credential = credential(request.headers(), query_token);
+    let params = events_params(&query, credential.as_deref(), request.headers(), gateway).ok()?;
+    let mut response = sse::response_head();
+    apply_cors(gateway, request.headers().get(ORIGIN), &mut response);
+    gateway.metrics.record_response(response.status().as_u16());
+    tracing::debug!(method = %Method::GET, path = "/events", status = 200, "request");
+    Some((std::mem::take(response.headers_mut()), params))
+}
+
+/// The bearer token of the `Authorization` header, else the `access_token` parameter.
+fn credential(headers: &HeaderMap, query_token: Option<String>) -> Option<String> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::bearer)
+        .map(str::to_owned)
+        .or(query_token)
+}
+
+/// A stream's parameters from `GET /events`: the credential, the query and
+/// `Last-Event-ID`.
+fn events_params(
+    query: &str,
+    credential: Option<&str>,
+    headers: &HeaderMap,
+    gateway: &Gateway,
+) -> Result<StreamParams, ApiError> {
+    let mut params = StreamParams::parse(query, &gateway.source.catalog())?;
+    restrict(
+        &mut params,
+        &authorize(gateway, credential, false)?,
+        gateway,
+    )?;
+    // Browsers never send an empty Last-Event-ID (they omit the header), so an empty
+    // one is as bogus as any other non-number.
+    if let Some(last) = headers.get("last-event-id") {
+        let text = last.to_str().unwrap_or("\u{fffd}").trim();
+        params.since = Some(parse_position(text).ok_or_else(|| {
+            ApiError::bad_param("Last-Event-ID", "Last-Event-ID must be a decimal event id")
+        })?);
+    }
+    Ok(params)
 }
 
 /// Checks the credential: always for writes, for reads only with `--auth-streams`.
@@ -224,7 +259,7 @@ fn restrict(params: &mut StreamParams, grant: &Grant, gateway: &Gateway) -> Resu
 
 /// Adds CORS headers for allowed origins; `*` is never paired with credentials
 /// (none are allowed).
-fn apply_cors(gateway: &Gateway, origin: Option<&HeaderValue>, response: &mut Response<Body>) {
+fn apply_cors<B>(gateway: &Gateway, origin: Option<&HeaderValue>, response: &mut Response<B>) {
     let allowed = &gateway.config.cors_origins;
     let Some(origin) = origin else { return };
     if allowed.is_empty() {

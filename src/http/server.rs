@@ -21,7 +21,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::error::ApiError;
-use super::routes;
+use super::sniff::{self, FirstRequest};
+use super::{routes, sse};
 use crate::gateway::Gateway;
 use crate::metrics::Limit;
 
@@ -197,8 +198,31 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, max_connections: 
     drained
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>, connection: Connection) {
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    connection: Connection,
+) {
     let _ = stream.set_nodelay(true);
+    let config = &gateway.config;
+    match sniff::first_request(&stream, config.header_timeout, config.max_header_bytes).await {
+        FirstRequest::Events { request, head_len } => {
+            if let Some((headers, params)) = routes::admit_events(&request, &gateway) {
+                if sse::consume_head(&mut stream, head_len).await.is_ok() {
+                    sse::serve_on_socket(stream, headers, params, gateway, connection).await;
+                }
+                return;
+            }
+        }
+        FirstRequest::TimedOut => {
+            gateway.metrics.reject(Limit::HeaderTimeout);
+            tracing::debug!(%peer, "no request within the header timeout");
+            return;
+        }
+        FirstRequest::Closed => return,
+        FirstRequest::Other => {}
+    }
     let kill = connection.kill.clone();
     let service = {
         let gateway = Arc::clone(&gateway);

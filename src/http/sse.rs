@@ -1,14 +1,25 @@
 //! `GET /events`: the Server-Sent Events transport (`EventSource`, `curl -N`).
 //!
-//! A task per stream fills a one-slot channel that the response body drains; when the
-//! client stops reading, the channel stays full, and after `--send-timeout` the task
-//! ends the stream and drops the connection.
+//! One loop serves a stream into either of two sinks:
+//! - **on the socket** ([`serve_on_socket`]): a connection whose first request is a
+//!   plain `GET /events` (see [`super::sniff`]) is answered here, without hyper: the
+//!   head, then each batch as one HTTP/1.1 chunk in one write. An idle stream costs
+//!   its session and a small task, not hyper's two 8 KiB buffers;
+//! - **through hyper** ([`respond`]): any other SSE request (one that follows another
+//!   request on a kept-alive connection, say) gets a body fed by a one-slot channel
+//!   from a task of its own.
+//!
+//! Either way a client that stops reading is cut off after `--send-timeout`.
 
+use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::body::{Body, ChannelBody};
@@ -20,18 +31,17 @@ use crate::stream::{record_sent, Item, Session};
 
 /// The comment block sent when a heartbeat has no new position to report.
 const KEEPALIVE: &[u8] = b": keepalive\n\n";
+/// The chunk that ends a chunked body.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+/// How long the last chunk may take at shutdown.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(1);
+/// A socket sink's write buffer is dropped after a write larger than this (a
+/// backlog), so an idle stream does not keep it.
+const KEEP_BUFFER: usize = 4096;
 
-/// Opens the stream: registers the session now, serves it on a task of its own.
-pub fn respond(
-    gateway: Arc<Gateway>,
-    params: StreamParams,
-    connection: Connection,
-) -> Response<Body> {
-    let (tx, rx) = mpsc::channel::<Bytes>(1);
-    let session = Session::open(Arc::clone(&gateway), params);
-    let tasks = connection.tasks.clone();
-    tasks.spawn(serve(tx, session, gateway, connection));
-    let mut response = Response::new(ChannelBody::boxed(rx));
+/// The status and headers of a stream's response.
+pub fn response_head() -> Response<()> {
+    let mut response = Response::new(());
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -41,6 +51,64 @@ pub fn respond(
     response
 }
 
+/// Opens a stream through hyper: registers the session now, serves it on a task of
+/// its own.
+pub fn respond(
+    gateway: Arc<Gateway>,
+    params: StreamParams,
+    connection: Connection,
+) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let session = Session::open(Arc::clone(&gateway), params);
+    let tasks = connection.tasks.clone();
+    tasks.spawn(async move {
+        let mut sink = ChannelSink { tx };
+        if let End::Lagging = serve(&mut sink, session, &gateway).await {
+            // The body will never be polled again while the client does not read, so
+            // ending it is not enough: drop the connection itself.
+            connection.kill.cancel();
+        }
+    });
+    let (parts, ()) = response_head().into_parts();
+    Response::from_parts(parts, ChannelBody::boxed(rx))
+}
+
+/// Serves a stream on the socket itself, once the request head (already admitted)
+/// has been read off it: writes the response head, then the stream as a chunked body.
+/// The connection closes when the stream ends.
+pub async fn serve_on_socket(
+    stream: TcpStream,
+    headers: HeaderMap,
+    params: StreamParams,
+    gateway: Arc<Gateway>,
+    connection: Connection,
+) {
+    let session = Session::open(Arc::clone(&gateway), params);
+    let mut sink = SocketSink {
+        stream,
+        buf: response_head_bytes(&headers),
+    };
+    if let End::Shutdown = serve(&mut sink, session, &gateway).await {
+        let _ = tokio::time::timeout(FINISH_TIMEOUT, sink.stream.write_all(LAST_CHUNK)).await;
+    }
+    drop(connection);
+}
+
+/// The response head as hyper would write it for a chunked body.
+fn response_head_bytes(headers: &HeaderMap) -> Vec<u8> {
+    let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"transfer-encoding: chunked\r\ndate: ");
+    head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    head
+}
+
 /// Why a stream ended.
 enum End {
     Gone,
@@ -48,36 +116,35 @@ enum End {
     Shutdown,
 }
 
-async fn serve(
-    tx: mpsc::Sender<Bytes>,
-    mut session: Session,
-    gateway: Arc<Gateway>,
-    connection: Connection,
-) {
-    let gauge = gateway.metrics.connections(Transport::Sse);
-    gauge.inc();
-    let end = run(&tx, &mut session, &gateway).await;
-    gauge.dec();
-    match end {
-        End::Lagging => {
-            gateway.metrics.lagging_disconnects.inc();
-            tracing::debug!(
-                position = session.position(),
-                "dropping a lagging SSE client"
-            );
-            // The body will never be polled again while the client does not read, so
-            // ending it is not enough: drop the connection itself.
-            connection.kill.cancel();
-        }
-        End::Gone | End::Shutdown => {}
-    }
+/// Where a stream's blocks go.
+trait Sink {
+    /// Sends the SSE blocks of `items` followed by `tail` as one piece, within `limit`.
+    async fn send(&mut self, items: &[Item], tail: &[u8], limit: Duration) -> Result<(), End>;
+    /// Resolves when the client has gone.
+    async fn closed(&mut self);
 }
 
-async fn run(tx: &mpsc::Sender<Bytes>, session: &mut Session, gateway: &Gateway) -> End {
+/// Runs a stream with its metrics.
+async fn serve(sink: &mut impl Sink, mut session: Session, gateway: &Gateway) -> End {
+    let gauge = gateway.metrics.connections(Transport::Sse);
+    gauge.inc();
+    let end = run(sink, &mut session, gateway).await;
+    gauge.dec();
+    if let End::Lagging = end {
+        gateway.metrics.lagging_disconnects.inc();
+        tracing::debug!(
+            position = session.position(),
+            "dropping a lagging SSE client"
+        );
+    }
+    end
+}
+
+async fn run(sink: &mut impl Sink, session: &mut Session, gateway: &Gateway) -> End {
     let send_timeout = gateway.config.send_timeout;
     let period = gateway.config.heartbeat;
     let retry = format!("retry: {}\n\n", gateway.config.sse_retry.as_millis());
-    if let Err(end) = send(tx, Bytes::from(retry), send_timeout).await {
+    if let Err(end) = sink.send(&[], retry.as_bytes(), send_timeout).await {
         return end;
     }
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -88,8 +155,8 @@ async fn run(tx: &mpsc::Sender<Bytes>, session: &mut Session, gateway: &Gateway)
         items.clear();
         session.next_batch(&mut items).await;
         if !items.is_empty() {
-            let (chunk, changes) = encode(&items, &mut last_id_sent);
-            if let Err(end) = send(tx, chunk, send_timeout).await {
+            let changes = track_ids(&items, &mut last_id_sent);
+            if let Err(end) = sink.send(&items, b"", send_timeout).await {
                 return end;
             }
             record_sent(&gateway.metrics, &items, Transport::Sse, changes);
@@ -98,22 +165,24 @@ async fn run(tx: &mpsc::Sender<Bytes>, session: &mut Session, gateway: &Gateway)
         tokio::select! {
             biased;
             _ = gateway.shutdown.cancelled() => return End::Shutdown,
-            _ = tx.closed() => return End::Gone,
+            _ = sink.closed() => return End::Gone,
             _ = session.wait() => {}
             _ = heartbeat.tick() => {
                 items.clear();
                 session.next_batch(&mut items).await;
-                let (mut chunk, changes) = encode(&items, &mut last_id_sent);
+                let changes = track_ids(&items, &mut last_id_sent);
                 let position = session.position();
-                if position > last_id_sent {
+                let tail = if position > last_id_sent {
                     // Browsers update lastEventId from an id-only block without firing
                     // an event, so a quiet filtered client resumes from here.
-                    chunk = concat(chunk, format!("id: {position}\n\n").as_bytes());
                     last_id_sent = position;
+                    format!("id: {position}\n\n").into_bytes()
                 } else if items.is_empty() {
-                    chunk = Bytes::from_static(KEEPALIVE);
-                }
-                if let Err(end) = send(tx, chunk, send_timeout).await {
+                    KEEPALIVE.to_vec()
+                } else {
+                    Vec::new()
+                };
+                if let Err(end) = sink.send(&items, &tail, send_timeout).await {
                     return end;
                 }
                 record_sent(&gateway.metrics, &items, Transport::Sse, changes);
@@ -122,55 +191,133 @@ async fn run(tx: &mpsc::Sender<Bytes>, session: &mut Session, gateway: &Gateway)
     }
 }
 
-fn concat(first: Bytes, second: &[u8]) -> Bytes {
-    if first.is_empty() {
-        return Bytes::copy_from_slice(second);
-    }
-    let mut out = BytesMut::with_capacity(first.len() + second.len());
-    out.extend_from_slice(&first);
-    out.extend_from_slice(second);
-    out.freeze()
-}
-
-/// One chunk for a batch: a single event's shared block as is, several concatenated.
-/// Returns the chunk and how many changes it holds; tracks the last `id:` written.
-fn encode(items: &[Item], last_id_sent: &mut u64) -> (Bytes, u64) {
-    let block = |item: &Item| -> (Bytes, Option<u64>) {
-        match item {
-            Item::Change(event) => (event.sse.clone(), Some(event.id)),
-            Item::Control(control) => (control.sse(), control.position()),
-        }
-    };
-    let changes = items
-        .iter()
-        .filter(|i| matches!(i, Item::Change(_)))
-        .count() as u64;
-    if let [only] = items {
-        let (bytes, id) = block(only);
-        if let Some(id) = id {
-            *last_id_sent = id;
-        }
-        return (bytes, changes);
-    }
-    let mut out = BytesMut::new();
+/// Notes the last `id:` a batch writes; returns how many changes it holds.
+fn track_ids(items: &[Item], last_id_sent: &mut u64) -> u64 {
+    let mut changes = 0;
     for item in items {
-        let (bytes, id) = block(item);
+        let id = match item {
+            Item::Change(event) => {
+                changes += 1;
+                Some(event.id)
+            }
+            Item::Control(control) => control.position(),
+        };
         if let Some(id) = id {
             *last_id_sent = id;
         }
-        out.extend_from_slice(&bytes);
     }
-    (out.freeze(), changes)
+    changes
 }
 
-async fn send(
-    tx: &mpsc::Sender<Bytes>,
-    chunk: Bytes,
-    limit: std::time::Duration,
-) -> Result<(), End> {
-    match tx.send_timeout(chunk, limit).await {
-        Ok(()) => Ok(()),
-        Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(End::Lagging),
-        Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(End::Gone),
+/// Appends the SSE block of `item` to `out`.
+fn put_block(out: &mut impl Extend<u8>, item: &Item) {
+    match item {
+        Item::Change(event) => out.extend(event.sse.iter().copied()),
+        Item::Control(control) => out.extend(control.sse().iter().copied()),
     }
+}
+
+/// Feeds a hyper response body.
+struct ChannelSink {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Sink for ChannelSink {
+    async fn send(&mut self, items: &[Item], tail: &[u8], limit: Duration) -> Result<(), End> {
+        let chunk = match (items, tail) {
+            // A single event's shared block goes as is.
+            ([Item::Change(event)], []) => event.sse.clone(),
+            _ => {
+                let mut out = BytesMut::new();
+                for item in items {
+                    put_block(&mut out, item);
+                }
+                out.extend_from_slice(tail);
+                out.freeze()
+            }
+        };
+        match self.tx.send_timeout(chunk, limit).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(End::Lagging),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(End::Gone),
+        }
+    }
+
+    async fn closed(&mut self) {
+        self.tx.closed().await
+    }
+}
+
+/// Writes chunks straight to the socket.
+struct SocketSink {
+    stream: TcpStream,
+    /// The bytes of the chunk being written (first, the response head).
+    buf: Vec<u8>,
+}
+
+impl Sink for SocketSink {
+    async fn send(&mut self, items: &[Item], tail: &[u8], limit: Duration) -> Result<(), End> {
+        let start = self.buf.len();
+        for item in items {
+            put_block(&mut self.buf, item);
+        }
+        self.buf.extend_from_slice(tail);
+        // The chunk's size line goes before its data, now that the size is known.
+        let mut line = [0u8; 20];
+        let mut cursor = std::io::Cursor::new(&mut line[..]);
+        let _ = write!(cursor, "{:x}\r\n", self.buf.len() - start);
+        let line_len = cursor.position() as usize;
+        self.buf
+            .splice(start..start, line[..line_len].iter().copied());
+        self.buf.extend_from_slice(b"\r\n");
+        let written = write_all(&self.stream, &self.buf, limit).await;
+        self.buf.clear();
+        if self.buf.capacity() > KEEP_BUFFER {
+            self.buf = Vec::new();
+        }
+        written
+    }
+
+    async fn closed(&mut self) {
+        loop {
+            if self.stream.readable().await.is_err() {
+                return;
+            }
+            // Whatever a client sends after its request head is never answered.
+            let mut scrap = [0u8; 64];
+            match self.stream.try_read(&mut scrap) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Writes all of `bytes`; a timer is set only once the socket is full, since most
+/// writes complete at once.
+async fn write_all(stream: &TcpStream, mut bytes: &[u8], limit: Duration) -> Result<(), End> {
+    let mut deadline = None;
+    while !bytes.is_empty() {
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + limit);
+                match tokio::time::timeout_at(deadline, stream.writable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(End::Gone),
+                    Err(_) => return Err(End::Lagging),
+                }
+            }
+            Err(_) => return Err(End::Gone),
+        }
+    }
+    Ok(())
+}
+
+/// Reads and drops the request head the sniffer admitted.
+pub async fn consume_head(stream: &mut TcpStream, head_len: usize) -> std::io::Result<()> {
+    let mut head = vec![0u8; head_len];
+    stream.read_exact(&mut head).await.map(|_| ())
 }

@@ -457,22 +457,23 @@ impl WsClient {
 impl SseClient {
     /// `GET /events?{query}` over a TCP stream the caller prepared.
     pub async fn connect_on(
-        mut stream: TcpStream,
+        stream: TcpStream,
         addr: SocketAddr,
         query: &str,
         extra_headers: &[(&str, &str)],
     ) -> SseClient {
-        let mut request = format!(
-            "GET /events?{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n"
-        );
-        for (name, value) in extra_headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
+        let request = events_request(addr, query, extra_headers);
+        SseClient::connect_in_pieces(stream, &[request.as_bytes()]).await
+    }
+
+    /// Sends a request head in `pieces`, 100 ms apart, and reads the response head.
+    pub async fn connect_in_pieces(mut stream: TcpStream, pieces: &[&[u8]]) -> SseClient {
+        for (i, piece) in pieces.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            stream.write_all(piece).await.expect("write request");
         }
-        request.push_str("\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("write request");
         let mut client = SseClient {
             stream,
             status: 0,
@@ -490,6 +491,17 @@ impl SseClient {
     pub fn ended_cleanly(&self) -> bool {
         self.ended
     }
+}
+
+/// The head of `GET /events?{query}` with extra headers.
+pub fn events_request(addr: SocketAddr, query: &str, extra_headers: &[(&str, &str)]) -> String {
+    let mut request =
+        format!("GET /events?{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+    for (name, value) in extra_headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request
 }
 
 /// A TCP connection whose receive buffer is a few KiB, so that a client that does not
@@ -737,13 +749,7 @@ impl SseClient {
         extra_headers: &[(&str, &str)],
     ) -> Option<SseClient> {
         let mut stream = TcpStream::connect(addr).await.ok()?;
-        let mut request = format!(
-            "GET /events?{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n"
-        );
-        for (name, value) in extra_headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
+        let request = events_request(addr, query, extra_headers);
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut client = SseClient {
             stream,
