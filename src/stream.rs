@@ -137,7 +137,9 @@ impl Session {
     /// after a failed catch-up read.
     pub async fn wait(&self) {
         if self.retry_pending {
-            let _ = tokio::time::timeout(RETRY, self.registration.woken()).await;
+            // Boxed, like the catch-up read: rare, and a timer would size every
+            // session's future.
+            let _ = Box::pin(tokio::time::timeout(RETRY, self.registration.woken())).await;
         } else {
             self.registration.woken().await;
         }
@@ -202,5 +204,43 @@ pub fn record_sent(metrics: &Metrics, items: &[Item], transport: Transport, chan
                     .observe_micros(now - event.committed_at_micros);
             }
         }
+    }
+}
+
+/// The `--send-timeout` of one batch, started only when a write first has to wait:
+/// most writes complete at once, and a timer costs a clock read and a timer entry
+/// per write, for every client.
+#[derive(Debug)]
+pub struct SendDeadline {
+    limit: Duration,
+    at: Option<tokio::time::Instant>,
+}
+
+impl SendDeadline {
+    /// A deadline `limit` after the first write that waits.
+    pub fn new(limit: Duration) -> SendDeadline {
+        SendDeadline { limit, at: None }
+    }
+
+    /// Runs `write`; `None` if it had to wait and the deadline passed first. The timer
+    /// is boxed: kept out of every session's future, allocated only for a write that
+    /// waits.
+    pub async fn run<F: std::future::Future>(&mut self, write: F) -> Option<F::Output> {
+        use std::future::Future;
+        use std::task::Poll;
+        let mut write = std::pin::pin!(write);
+        let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let (limit, at) = (self.limit, &mut self.at);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(output) = write.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            let timer = timer.get_or_insert_with(|| {
+                let at = *at.get_or_insert_with(|| tokio::time::Instant::now() + limit);
+                Box::pin(tokio::time::sleep_until(at))
+            });
+            timer.as_mut().poll(cx).map(|()| None)
+        })
+        .await
     }
 }

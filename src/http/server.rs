@@ -206,23 +206,36 @@ async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let config = &gateway.config;
-    match sniff::first_request(&stream, config.header_timeout, config.max_header_bytes).await {
-        FirstRequest::Events { request, head_len } => {
-            if let Some((headers, params)) = routes::admit_events(&request, &gateway) {
-                if sse::consume_head(&mut stream, head_len).await.is_ok() {
-                    sse::serve_on_socket(stream, headers, params, gateway, connection).await;
-                }
+    let admitted =
+        match sniff::first_request(&stream, config.header_timeout, config.max_header_bytes).await {
+            FirstRequest::Events { request, head_len } => routes::admit_events(&request, &gateway)
+                .map(|(headers, params)| (headers, params, head_len)),
+            FirstRequest::TimedOut => {
+                gateway.metrics.reject(Limit::HeaderTimeout);
+                tracing::debug!(%peer, "no request within the header timeout");
                 return;
             }
+            FirstRequest::Closed => return,
+            FirstRequest::Other => None,
+        };
+    if let Some((headers, params, head_len)) = admitted {
+        if sse::consume_head(&mut stream, head_len).await.is_ok() {
+            sse::serve_on_socket(stream, headers, params, gateway, connection).await;
         }
-        FirstRequest::TimedOut => {
-            gateway.metrics.reject(Limit::HeaderTimeout);
-            tracing::debug!(%peer, "no request within the header timeout");
-            return;
-        }
-        FirstRequest::Closed => return,
-        FirstRequest::Other => {}
+        return;
     }
+    // Boxed: hyper's connection state is kilobytes, and unboxed it would size the
+    // task of every connection, SSE streams served above included.
+    Box::pin(serve_http(stream, peer, gateway, connection)).await;
+}
+
+/// Serves a connection with hyper: HTTP/1.1 keep-alive, upgrades, graceful shutdown.
+async fn serve_http(
+    stream: TcpStream,
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    connection: Connection,
+) {
     let kill = connection.kill.clone();
     let service = {
         let gateway = Arc::clone(&gateway);

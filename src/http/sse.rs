@@ -27,7 +27,7 @@ use super::server::Connection;
 use crate::filter::StreamParams;
 use crate::gateway::Gateway;
 use crate::metrics::Transport;
-use crate::stream::{record_sent, Item, Session};
+use crate::stream::{record_sent, Item, SendDeadline, Session};
 
 /// The comment block sent when a heartbeat has no new position to report.
 const KEEPALIVE: &[u8] = b": keepalive\n\n";
@@ -59,11 +59,11 @@ pub fn respond(
     connection: Connection,
 ) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(1);
-    let session = Session::open(Arc::clone(&gateway), params);
+    let mut session = Session::open(Arc::clone(&gateway), params);
     let tasks = connection.tasks.clone();
     tasks.spawn(async move {
         let mut sink = ChannelSink { tx };
-        if let End::Lagging = serve(&mut sink, session, &gateway).await {
+        if let End::Lagging = serve(&mut sink, &mut session, &gateway).await {
             // The body will never be polled again while the client does not read, so
             // ending it is not enough: drop the connection itself.
             connection.kill.cancel();
@@ -76,22 +76,27 @@ pub fn respond(
 /// Serves a stream on the socket itself, once the request head (already admitted)
 /// has been read off it: writes the response head, then the stream as a chunked body.
 /// The connection closes when the stream ends.
-pub async fn serve_on_socket(
+pub fn serve_on_socket(
     stream: TcpStream,
     headers: HeaderMap,
     params: StreamParams,
     gateway: Arc<Gateway>,
     connection: Connection,
-) {
-    let session = Session::open(Arc::clone(&gateway), params);
+) -> impl std::future::Future<Output = ()> {
+    let mut session = Session::open(Arc::clone(&gateway), params);
     let mut sink = SocketSink {
         stream,
         buf: response_head_bytes(&headers),
     };
-    if let End::Shutdown = serve(&mut sink, session, &gateway).await {
-        let _ = tokio::time::timeout(FINISH_TIMEOUT, sink.stream.write_all(LAST_CHUNK)).await;
+    // A block, not an async fn: an async fn keeps its arguments twice, and this
+    // future is what an idle stream costs.
+    async move {
+        if let End::Shutdown = serve(&mut sink, &mut session, &gateway).await {
+            let finish = sink.stream.write_all(LAST_CHUNK);
+            let _ = tokio::time::timeout(FINISH_TIMEOUT, finish).await;
+        }
+        drop(connection);
     }
-    drop(connection);
 }
 
 /// The response head as hyper would write it for a chunked body.
@@ -125,10 +130,10 @@ trait Sink {
 }
 
 /// Runs a stream with its metrics.
-async fn serve(sink: &mut impl Sink, mut session: Session, gateway: &Gateway) -> End {
+async fn serve(sink: &mut impl Sink, session: &mut Session, gateway: &Gateway) -> End {
     let gauge = gateway.metrics.connections(Transport::Sse);
     gauge.inc();
-    let end = run(sink, &mut session, gateway).await;
+    let end = run(sink, session, gateway).await;
     gauge.dec();
     if let End::Lagging = end {
         gateway.metrics.lagging_disconnects.inc();
@@ -151,6 +156,10 @@ async fn run(sink: &mut impl Sink, session: &mut Session, gateway: &Gateway) -> 
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_id_sent = 0u64;
     let mut items = Vec::new();
+    // Made once: a new future per turn would lock the token's waiter list, which
+    // every stream shares, twice per turn.
+    let shutdown = gateway.shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         items.clear();
         session.next_batch(&mut items).await;
@@ -164,7 +173,7 @@ async fn run(sink: &mut impl Sink, session: &mut Session, gateway: &Gateway) -> 
         }
         tokio::select! {
             biased;
-            _ = gateway.shutdown.cancelled() => return End::Shutdown,
+            _ = &mut shutdown => return End::Shutdown,
             _ = sink.closed() => return End::Gone,
             _ = session.wait() => {}
             _ = heartbeat.tick() => {
@@ -295,19 +304,18 @@ impl Sink for SocketSink {
     }
 }
 
-/// Writes all of `bytes`; a timer is set only once the socket is full, since most
-/// writes complete at once.
+/// Writes all of `bytes` within `limit`.
 async fn write_all(stream: &TcpStream, mut bytes: &[u8], limit: Duration) -> Result<(), End> {
-    let mut deadline = None;
+    let mut deadline = SendDeadline::new(limit);
     while !bytes.is_empty() {
         match stream.try_write(bytes) {
             Ok(n) => bytes = &bytes[n..],
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + limit);
-                match tokio::time::timeout_at(deadline, stream.writable()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(End::Gone),
-                    Err(_) => return Err(End::Lagging),
+                // Boxed: rare, and large enough to size every stream's future.
+                match deadline.run(Box::pin(stream.writable())).await {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => return Err(End::Gone),
+                    None => return Err(End::Lagging),
                 }
             }
             Err(_) => return Err(End::Gone),

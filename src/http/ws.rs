@@ -6,7 +6,7 @@
 //! watches shutdown.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
@@ -27,7 +27,7 @@ use crate::event::Control;
 use crate::filter::StreamParams;
 use crate::gateway::Gateway;
 use crate::metrics::{Limit, Transport};
-use crate::stream::{record_sent, Item, Session};
+use crate::stream::{record_sent, Item, SendDeadline, Session};
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -42,7 +42,7 @@ type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// close with 1009.
 fn socket_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(256)
         .write_buffer_size(32 * 1024)
         .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(Some(max_message))
@@ -82,19 +82,21 @@ pub fn upgrade(
             field: None,
         })?;
     let accept = HeaderValue::from_str(&derive_accept_key(&key)).map_err(|_| ApiError::Internal)?;
-    let session = Session::open(Arc::clone(&gateway), params);
+    let mut session = Session::open(Arc::clone(&gateway), params);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let tasks = connection.tasks.clone();
     tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
+                let mut socket = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
                     Some(socket_config(gateway.config.ws_max_message)),
                 )
                 .await;
-                serve(socket, session, gateway, connection).await;
+                // Lent, not moved: an async fn keeps moved arguments twice.
+                serve(&mut socket, &mut session, &gateway).await;
+                drop(connection);
             }
             Err(err) => tracing::debug!(%err, "WebSocket upgrade failed"),
         }
@@ -118,23 +120,18 @@ enum End {
     Lagging,
 }
 
-async fn serve(
-    mut socket: Socket,
-    mut session: Session,
-    gateway: Arc<Gateway>,
-    connection: Connection,
-) {
-    let metrics = Arc::clone(&gateway.metrics);
+async fn serve(socket: &mut Socket, session: &mut Session, gateway: &Gateway) {
+    let metrics = &gateway.metrics;
     let gauge = metrics.connections(Transport::Ws);
     gauge.inc();
-    let end = run(&mut socket, &mut session, &gateway).await;
+    let end = run(socket, session, gateway).await;
     match end {
         End::Gone => {}
         End::Close(code, reason) => {
             if code == 1009 {
                 metrics.reject(Limit::WsMessageSize);
             }
-            close(&mut socket, code, reason).await
+            close(socket, code, reason).await
         }
         End::Lagging => {
             metrics.lagging_disconnects.inc();
@@ -142,11 +139,10 @@ async fn serve(
                 position = session.position(),
                 "closing a lagging WebSocket client"
             );
-            close(&mut socket, 4008, "lagging").await;
+            close(socket, 4008, "lagging").await;
         }
     }
     gauge.dec();
-    drop(connection);
 }
 
 async fn run(socket: &mut Socket, session: &mut Session, gateway: &Gateway) -> End {
@@ -156,6 +152,10 @@ async fn run(socket: &mut Socket, session: &mut Session, gateway: &Gateway) -> E
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut missed_pongs = 0;
     let mut items = Vec::new();
+    // Made once: a new future per turn would lock the token's waiter list, which
+    // every session shares, twice per turn.
+    let shutdown = gateway.shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         items.clear();
         session.next_batch(&mut items).await;
@@ -167,10 +167,13 @@ async fn run(socket: &mut Socket, session: &mut Session, gateway: &Gateway) -> E
         }
         tokio::select! {
             biased;
-            _ = gateway.shutdown.cancelled() => return End::Close(1001, "shutdown"),
+            _ = &mut shutdown => return End::Close(1001, "shutdown"),
             _ = session.wait() => {}
             message = socket.next() => {
-                if let Some(end) = on_client_message(socket, message, &mut missed_pongs, send_timeout).await {
+                // Boxed: client frames are rare (pongs), and the reply's future would
+                // size every socket's task.
+                let reply = Box::pin(on_client_message(socket, message, &mut missed_pongs, send_timeout));
+                if let Some(end) = reply.await {
                     return end;
                 }
             }
@@ -275,7 +278,7 @@ async fn write_items(
     gateway: &Gateway,
     send_timeout: Duration,
 ) -> Result<(), End> {
-    let deadline = Instant::now() + send_timeout;
+    let mut deadline = SendDeadline::new(send_timeout);
     let mut changes = 0u64;
     for item in items {
         let message = match item {
@@ -285,29 +288,27 @@ async fn write_items(
             }
             Item::Control(control) => Message::Text(control.json().into()),
         };
-        timed(
-            deadline.saturating_duration_since(Instant::now()),
-            socket.feed(message),
-        )
-        .await?;
+        outcome(deadline.run(socket.feed(message)).await)?;
     }
-    timed(
-        deadline.saturating_duration_since(Instant::now()),
-        socket.flush(),
-    )
-    .await?;
+    outcome(deadline.run(socket.flush()).await)?;
     record_sent(&gateway.metrics, items, Transport::Ws, changes);
     Ok(())
 }
 
+/// Runs one write under its own send timeout.
 async fn timed(
     limit: Duration,
     write: impl std::future::Future<Output = Result<(), WsError>>,
 ) -> Result<(), End> {
-    match tokio::time::timeout(limit, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(end_for_error(err)),
-        Err(_) => Err(End::Lagging),
+    outcome(SendDeadline::new(limit).run(write).await)
+}
+
+/// A write's result as the loop sees it: `None` is a write that timed out.
+fn outcome(result: Option<Result<(), WsError>>) -> Result<(), End> {
+    match result {
+        Some(Ok(())) => Ok(()),
+        Some(Err(err)) => Err(end_for_error(err)),
+        None => Err(End::Lagging),
     }
 }
 
