@@ -24,8 +24,8 @@ const MAX_PEEK: usize = 8 * 1024;
 pub enum FirstRequest {
     /// A complete `GET /events` head of `head_len` bytes, not yet consumed.
     Events {
-        /// The request, without a body.
-        request: Request<()>,
+        /// The request, without a body (boxed: the other variants are empty).
+        request: Box<Request<()>>,
         /// How many bytes the head takes on the socket.
         head_len: usize,
     },
@@ -43,10 +43,14 @@ pub async fn first_request(stream: &TcpStream, timeout: Duration, max_head: usiz
     match tokio::time::timeout(timeout, stream.peek(&mut buf)).await {
         Err(_) => FirstRequest::TimedOut,
         Ok(Ok(0)) => FirstRequest::Closed,
-        Ok(Ok(n)) => parse_events_request(&buf[..n])
-            .map_or(FirstRequest::Other, |(request, head_len)| {
-                FirstRequest::Events { request, head_len }
-            }),
+        Ok(Ok(n)) => {
+            parse_events_request(&buf[..n]).map_or(FirstRequest::Other, |(request, head_len)| {
+                FirstRequest::Events {
+                    request: Box::new(request),
+                    head_len,
+                }
+            })
+        }
         Ok(Err(_)) => FirstRequest::Other,
     }
 }
