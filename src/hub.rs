@@ -1,7 +1,7 @@
 //! The hub: who is subscribed, and waking them when events arrive.
 //!
 //! A subscriber is a cursor into the [`EventLog`](crate::log::EventLog) plus a
-//! [`Notify`]. The hub files each one under the narrowest key its selection allows: a
+//! doorbell. The hub files each one under the narrowest key its selection allows: a
 //! value of a column when it has an `eq`/`in` filter, else its tables, else "all". A
 //! batch of events wakes only the subscribers filed under the keys it touches, so a
 //! thousand clients each watching their own customer cost one wake-up per matching
@@ -9,11 +9,12 @@
 //! times while busy reads once. Subscribers that were not woken still see every event
 //! when they next read (heartbeats make them read), so the index only ever saves work.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use dashmap::DashMap;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::event::{Event, Op};
 use crate::filter::{value_key, Selection};
@@ -33,7 +34,7 @@ enum Key {
 #[derive(Debug, Default)]
 pub struct Hub {
     /// Wakers by key.
-    groups: DashMap<Key, DashMap<u64, Arc<Notify>>>,
+    groups: DashMap<Key, DashMap<u64, Arc<Doorbell>>>,
     /// The columns some subscriber is filed under, with how many registrations use
     /// each: the only columns a batch's rows are looked up in.
     indexed: DashMap<Arc<str>, usize>,
@@ -47,7 +48,39 @@ pub struct Registration {
     hub: Arc<Hub>,
     id: u64,
     keys: Vec<Key>,
-    notify: Arc<Notify>,
+    doorbell: Arc<Doorbell>,
+}
+
+/// A subscriber's wake-up: a flag and its task's waker. Ringing is a store and at
+/// most one wake, with no lock and no waiter list (a `tokio::sync::Notify` locks its
+/// list on every wait and every wake, which a fan-out does per subscriber per event).
+#[derive(Debug, Default)]
+struct Doorbell {
+    rung: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Doorbell {
+    fn ring(&self) {
+        self.rung.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.rung.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A ring between the check and the registration found no waker.
+            if self.rung.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 impl Hub {
@@ -59,7 +92,7 @@ impl Hub {
     /// Registers a subscriber with this selection.
     pub fn register(self: &Arc<Self>, selection: &Selection) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let notify = Arc::new(Notify::new());
+        let doorbell = Arc::new(Doorbell::default());
         let keys: Vec<Key> = match (selection.index_keys(), &selection.tables) {
             (Some((column, values)), _) => {
                 let column: Arc<str> = Arc::from(column);
@@ -79,20 +112,20 @@ impl Hub {
             self.groups
                 .entry(key.clone())
                 .or_default()
-                .insert(id, Arc::clone(&notify));
+                .insert(id, Arc::clone(&doorbell));
         }
         Registration {
             hub: Arc::clone(self),
             id,
             keys,
-            notify,
+            doorbell,
         }
     }
 
     /// Wakes the subscribers a batch of events may concern. No map lock is held while
     /// a task is woken.
     pub fn wake(&self, events: &[Arc<Event>]) {
-        let mut woken: Vec<Arc<Notify>> = Vec::new();
+        let mut woken: Vec<Arc<Doorbell>> = Vec::new();
         let mut collect = |key: &Key| {
             if let Some(group) = self.groups.get(key) {
                 woken.extend(group.iter().map(|entry| Arc::clone(entry.value())));
@@ -133,14 +166,14 @@ impl Hub {
                 }
             }
         }
-        for notify in woken {
-            notify.notify_one();
+        for doorbell in woken {
+            doorbell.ring();
         }
     }
 
     /// Wakes every subscriber (shutdown, source state changes).
     pub fn wake_all(&self) {
-        let woken: Vec<Arc<Notify>> = self
+        let woken: Vec<Arc<Doorbell>> = self
             .groups
             .iter()
             .flat_map(|group| {
@@ -151,8 +184,8 @@ impl Hub {
                     .collect::<Vec<_>>()
             })
             .collect();
-        for notify in woken {
-            notify.notify_one();
+        for doorbell in woken {
+            doorbell.ring();
         }
     }
 }
@@ -161,7 +194,7 @@ impl Registration {
     /// Waits until the hub wakes this subscriber (returns at once if it was woken
     /// since the last wait).
     pub async fn woken(&self) {
-        self.notify.notified().await;
+        self.doorbell.wait().await;
     }
 }
 
