@@ -48,7 +48,7 @@ SCENARIOS=(
 )
 # Run only when named with --only (ten minutes each): the soak of issue 5's targets.
 OPTIONAL_SCENARIOS=(
-  "soak1000_x_100cps|--source notify|--clients 1000 --ws-share 1 --rate 100 --writers 2 --duration 600s"
+  "soak1000_x_100cps|--source notify --ring-capacity 16384|--clients 1000 --ws-share 1 --rate 100 --writers 2 --duration 600s"
 )
 if [ -n "$ONLY" ]; then SCENARIOS+=("${OPTIONAL_SCENARIOS[@]}"); fi
 # The same shapes, small and short (--smoke).
@@ -89,7 +89,7 @@ GATEWAY_PID=""
 cleanup() {
   if [ -n "$GATEWAY_PID" ]; then kill "$GATEWAY_PID" 2>/dev/null || true; wait "$GATEWAY_PID" 2>/dev/null || true; fi
   "${RUN_AS[@]}" "$BIN/pg_ctl" -D "$DIR/data" stop -m immediate >/dev/null 2>&1 || true
-  if [ -n "$KEEP" ]; then mkdir -p "$KEEP"; cp "$DIR"/*.json "$DIR"/*.log "$KEEP"/ 2>/dev/null || true; fi
+  if [ -n "$KEEP" ]; then mkdir -p "$KEEP"; cp "$DIR"/*.json "$DIR"/*.log "$DIR"/*.rss "$KEEP"/ 2>/dev/null || true; fi
   rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -127,10 +127,23 @@ for entry in "${SCENARIOS[@]}"; do
   for run in $(seq 1 "$RUNS"); do
     start_gateway "$gw_flags"
     status=0
+    SAMPLER=""
+    if [[ "$name" == soak* ]]; then
+      # RSS every 10 s, to show it levels off once the ring is full.
+      (while kill -0 "$GATEWAY_PID" 2>/dev/null; do
+         awk '/^VmRSS/ {printf "%.1f\n", $2 / 1024}' "/proc/$GATEWAY_PID/status" 2>/dev/null
+         sleep 10
+       done) >"$DIR/$name.$run.rss" &
+      SAMPLER=$!
+    fi
     # shellcheck disable=SC2086
     target/release/rowcast-load --gateway "$GATEWAY_ADDR" --database-url "$URL" \
       --gateway-pid "$GATEWAY_PID" --json $load_flags >"$DIR/$name.$run.json" 2>"$DIR/$name.$run.log" || status=$?
     stop_gateway
+    if [ -n "$SAMPLER" ]; then
+      wait "$SAMPLER" 2>/dev/null || true
+      echo "   run $run: gateway RSS MiB every 10 s: $(tr '\n' ' ' <"$DIR/$name.$run.rss")"
+    fi
     if [ "$status" -ge 2 ]; then echo "   run $run: harness error"; cat "$DIR/$name.$run.log"; exit 1; fi
     if [ "$SMOKE" = 1 ]; then sed 's/^/   /' "$DIR/$name.$run.log"; fi
   done
