@@ -4,6 +4,7 @@
 mod support;
 
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::*;
 
@@ -181,6 +182,28 @@ async fn cors_allows_only_configured_origins_and_never_credentials() {
         .header("access-control-allow-methods")
         .unwrap()
         .contains("POST"));
+    // An EventSource from another origin: the stream's own head carries the same
+    // headers, whether the socket serves it (first request) or hyper does (a
+    // request after another on the same connection).
+    for origin in ["https://app.example", "https://evil.example"] {
+        let direct = SseClient::connect(server.addr, "", &[("Origin", origin)]).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        let through_hyper =
+            SseClient::connect_on(stream, server.addr, "", &[("Origin", origin)]).await;
+        for sse in [&direct, &through_hyper] {
+            assert_eq!(sse.status, 200);
+            let expected = (origin == "https://app.example").then_some(origin);
+            assert_eq!(sse.header("access-control-allow-origin"), expected);
+            assert_eq!(sse.header("access-control-allow-credentials"), None);
+        }
+    }
 }
 
 #[tokio::test]
