@@ -166,13 +166,17 @@ impl Event {
         // Serialising a map of Values into a Vec cannot fail.
         let json = serde_json::to_string(&message).unwrap_or_default();
         let sse = sse_block(Some(id), "change", &json);
+        // The WebSocket text is the SSE block's `data:` line: one buffer, held once
+        // in the ring (the block ends with the data and "\n\n").
+        let data = sse.slice(sse.len() - 2 - json.len()..sse.len() - 2);
+        let json = Utf8Bytes::try_from(data).unwrap_or_else(|_| Utf8Bytes::from(json));
         Ok(Event {
             id,
             table: Arc::from(record.table),
             op,
             row,
             committed_at_micros: record.committed_at_micros,
-            json: Utf8Bytes::from(json),
+            json,
             sse,
             first_sent: AtomicBool::new(false),
         })
@@ -297,6 +301,11 @@ mod tests {
         assert!(sse.starts_with("id: 42\nevent: change\ndata: {"));
         assert!(sse.ends_with("}\n\n"));
         assert_eq!(sse.matches('\n').count(), 4);
+        // The WebSocket text is the block's data line, in the same buffer.
+        let data = sse.lines().nth(2).unwrap().strip_prefix("data: ").unwrap();
+        assert_eq!(event.json.as_str(), data);
+        let range = event.sse.as_ptr_range();
+        assert!(range.contains(&event.json.as_str().as_ptr()));
     }
 
     #[test]
