@@ -79,26 +79,15 @@ if [ "$CAPTURE" = 1 ]; then
 fi
 
 # A throwaway cluster for the load scenarios.
-BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-DIR=$(mktemp -d /tmp/rowcast-load-XXXX)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PGPORT_=$(free_port)
-RUN_AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$DIR"; RUN_AS=(runuser -u postgres --); fi
+. scripts/cluster.sh
+start_cluster rowcast-load -c "fsync=${PG_FSYNC:-on}"
 GATEWAY_PID=""
 cleanup() {
   if [ -n "$GATEWAY_PID" ]; then kill "$GATEWAY_PID" 2>/dev/null || true; wait "$GATEWAY_PID" 2>/dev/null || true; fi
-  "${RUN_AS[@]}" "$BIN/pg_ctl" -D "$DIR/data" stop -m immediate >/dev/null 2>&1 || true
   if [ -n "$KEEP" ]; then mkdir -p "$KEEP"; cp "$DIR"/*.json "$DIR"/*.log "$DIR"/*.rss "$KEEP"/ 2>/dev/null || true; fi
-  rm -rf "$DIR"
+  stop_cluster
 }
 trap cleanup EXIT
-"${RUN_AS[@]}" "$BIN/initdb" -D "$DIR/data" -U rowcast --auth=trust >/dev/null
-"${RUN_AS[@]}" "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/pg.log" -w \
-  -o "-p $PGPORT_ -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=100 -c fsync=${PG_FSYNC:-on}" \
-  start >/dev/null
-URL="postgres://rowcast@127.0.0.1:$PGPORT_/postgres?sslmode=disable"
-target/release/rowcast migrate --database-url "$URL" >/dev/null
 echo; echo "== load scenarios: $RUNS run(s) each, fresh gateway per run, PostgreSQL fsync=${PG_FSYNC:-on} =="
 
 start_gateway() { # $1: extra gateway flags; sets GATEWAY_PID and GATEWAY_ADDR

@@ -9,19 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${1:-32}
 SECONDS_PER_RUN=${2:-10}
-BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-DIR=$(mktemp -d /tmp/rowcast-profile-XXXX)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-RUN_AS=()
-if [ "$(id -u)" = 0 ]; then chown postgres "$DIR"; RUN_AS=(runuser -u postgres --); fi
-cleanup() { "${RUN_AS[@]}" "$BIN/pg_ctl" -D "$DIR/data" stop -m immediate >/dev/null 2>&1 || true; rm -rf "$DIR"; }
-trap cleanup EXIT
-"${RUN_AS[@]}" "$BIN/initdb" -D "$DIR/data" -U rowcast --auth=trust >/dev/null
-"${RUN_AS[@]}" "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/log" -w \
-  -o "-p $PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=100" start >/dev/null
-URL="postgres://rowcast@127.0.0.1:$PORT/postgres?sslmode=disable"
 cargo build --release -q
-target/release/rowcast migrate --database-url "$URL" >/dev/null
+. scripts/cluster.sh
+start_cluster rowcast-profile
 echo "INSERT INTO orders (customer_name, product_name) VALUES ('bench', 'tracked');" >"$DIR/tracked.sql"
 psql -q "$URL" -c "CREATE TABLE wait_samples (kind text, event text)"
 
