@@ -11,11 +11,12 @@
 //!
 //! Either way a client that stops reading is cut off after `--send-timeout`.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -181,15 +182,15 @@ async fn run(sink: &mut impl Sink, session: &mut Session, gateway: &Gateway) -> 
                 session.next_batch(&mut items).await;
                 let changes = track_ids(&items, &mut last_id_sent);
                 let position = session.position();
-                let tail = if position > last_id_sent {
+                let tail: Cow<[u8]> = if position > last_id_sent {
                     // Browsers update lastEventId from an id-only block without firing
                     // an event, so a quiet filtered client resumes from here.
                     last_id_sent = position;
-                    format!("id: {position}\n\n").into_bytes()
+                    format!("id: {position}\n\n").into_bytes().into()
                 } else if items.is_empty() {
-                    KEEPALIVE.to_vec()
+                    KEEPALIVE.into()
                 } else {
-                    Vec::new()
+                    (&[][..]).into()
                 };
                 if let Err(end) = sink.send(&items, &tail, send_timeout).await {
                     return end;
@@ -218,12 +219,15 @@ fn track_ids(items: &[Item], last_id_sent: &mut u64) -> u64 {
     changes
 }
 
-/// Appends the SSE block of `item` to `out`.
-fn put_block(out: &mut impl Extend<u8>, item: &Item) {
-    match item {
-        Item::Change(event) => out.extend(event.sse.iter().copied()),
-        Item::Control(control) => out.extend(control.sse().iter().copied()),
+/// Appends the SSE blocks of `items`, then `tail`, to `out`.
+fn put_blocks(out: &mut impl BufMut, items: &[Item], tail: &[u8]) {
+    for item in items {
+        match item {
+            Item::Change(event) => out.put_slice(&event.sse),
+            Item::Control(control) => out.put_slice(&control.sse()),
+        }
     }
+    out.put_slice(tail);
 }
 
 /// Feeds a hyper response body.
@@ -238,10 +242,7 @@ impl Sink for ChannelSink {
             ([Item::Change(event)], []) => event.sse.clone(),
             _ => {
                 let mut out = BytesMut::new();
-                for item in items {
-                    put_block(&mut out, item);
-                }
-                out.extend_from_slice(tail);
+                put_blocks(&mut out, items, tail);
                 out.freeze()
             }
         };
@@ -267,10 +268,7 @@ struct SocketSink {
 impl Sink for SocketSink {
     async fn send(&mut self, items: &[Item], tail: &[u8], limit: Duration) -> Result<(), End> {
         let start = self.buf.len();
-        for item in items {
-            put_block(&mut self.buf, item);
-        }
-        self.buf.extend_from_slice(tail);
+        put_blocks(&mut self.buf, items, tail);
         // The chunk's size line goes before its data, now that the size is known.
         let mut line = [0u8; 20];
         let mut cursor = std::io::Cursor::new(&mut line[..]);
