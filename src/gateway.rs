@@ -1,8 +1,11 @@
 //! The gateway's shared state and its start-up: find the database, migrate, start the
 //! source and retention, and hand the pieces to the transports.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +18,7 @@ use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::pg::embedded::{self, Embedded, EmbeddedError};
 use crate::pg::source::{Source, SourceStatus};
+use crate::pg::connect::Waiting;
 use crate::pg::{changes, migrate, DbError, DbTarget, Pool};
 
 /// How long start-up keeps trying to reach the database before it gives up.
@@ -102,68 +106,151 @@ pub async fn resolve_database(config: &Config) -> Result<(DbTarget, Option<Embed
 
 /// Creates database `name` on the server if it does not exist.
 pub async fn ensure_database(admin: &DbTarget, name: &str) -> Result<(), DbError> {
-    let client = connect_within(admin, STARTUP_DEADLINE).await?;
-    let exists = client
-        .query_typed_opt(
-            "SELECT 1 FROM pg_database WHERE datname = $1",
-            &[(&name, Type::TEXT)],
-        )
-        .await?
-        .is_some();
-    if !exists {
-        let quoted = name.replace('"', "\"\"");
-        client
-            .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
-            .await?;
-    }
-    Ok(())
+    let deadline = Deadline::after(STARTUP_DEADLINE);
+    let client = deadline.connect(admin).await?;
+    deadline
+        .step(admin, Waiting::FirstQuery, async {
+            let exists = client
+                .query_typed_opt(
+                    "SELECT 1 FROM pg_database WHERE datname = $1",
+                    &[(&name, Type::TEXT)],
+                )
+                .await?
+                .is_some();
+            if !exists {
+                let quoted = name.replace('"', "\"\"");
+                client
+                    .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
 }
 
-/// Connects, retrying transient failures until `deadline` has passed; permanent ones
-/// (credentials, missing database, TLS, bad URL) fail at once.
+/// One instant by which a sequence of database steps must be done: start-up's
+/// connect, migrations and first reads all share it, so a server that accepts and
+/// then stays silent ends start-up on time, with the step it was stuck in named.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    /// When the clock started, for "did not answer within …".
+    started: Instant,
+    /// When every step must be done.
+    at: Instant,
+}
+
+impl Deadline {
+    /// A deadline `limit` from now.
+    pub fn after(limit: Duration) -> Deadline {
+        let started = Instant::now();
+        Deadline {
+            started,
+            at: started + limit,
+        }
+    }
+
+    /// Connects, retrying transient failures until the deadline; permanent ones
+    /// (credentials, missing database, TLS, bad URL) fail at once. Each attempt gets
+    /// at most the target's connect timeout, so a server that hangs one attempt may
+    /// still answer the next.
+    pub async fn connect(&self, target: &DbTarget) -> Result<tokio_postgres::Client, DbError> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let attempt_by = self.at.min(Instant::now() + target.connect_timeout());
+            match target.connect_until(attempt_by).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(async move {
+                        if let Err(err) = connection.await {
+                            tracing::debug!(%err, "database connection ended");
+                        }
+                    });
+                    return Ok(client);
+                }
+                Err(err) if err.is_permanent() || Instant::now() + wait >= self.at => {
+                    return Err(match err {
+                        // Say how long start-up waited in all, not the last attempt.
+                        DbError::Timeout {
+                            target,
+                            waiting_for,
+                            ..
+                        } => DbError::Timeout {
+                            target,
+                            waiting_for,
+                            after: self.started.elapsed(),
+                        },
+                        other => other,
+                    });
+                }
+                Err(err) => {
+                    tracing::debug!(%err, "database not reachable yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Runs one step (queries on a connected client), abandoned at the deadline with
+    /// a [`DbError::Timeout`] naming it.
+    pub async fn step<T>(
+        &self,
+        target: &DbTarget,
+        waiting_for: Waiting,
+        step: impl Future<Output = Result<T, DbError>>,
+    ) -> Result<T, DbError> {
+        match tokio::time::timeout_at(self.at, step).await {
+            Ok(result) => result,
+            Err(_) => Err(DbError::Timeout {
+                target: target.to_string(),
+                waiting_for,
+                after: self.started.elapsed(),
+            }),
+        }
+    }
+}
+
+/// Connects within `limit` (see [`Deadline::connect`]).
 pub async fn connect_within(
     target: &DbTarget,
-    deadline: Duration,
+    limit: Duration,
 ) -> Result<tokio_postgres::Client, DbError> {
-    let started = Instant::now();
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match target.connect_spawned().await {
-            Ok(client) => return Ok(client),
-            Err(err) if err.is_permanent() || started.elapsed() + wait >= deadline => {
-                return Err(err)
-            }
-            Err(err) => {
-                tracing::debug!(%err, "database not reachable yet");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
+    Deadline::after(limit).connect(target).await
 }
 
-/// Applies or checks the schema, as `config.migrate` says.
-pub async fn prepare_schema(target: &DbTarget, config: &Config) -> Result<(), DbError> {
-    let mut client = connect_within(target, STARTUP_DEADLINE).await?;
-    if config.migrate {
-        let applied = migrate::apply(&mut client).await?;
-        if !applied.is_empty() {
-            tracing::info!(?applied, "applied migrations");
-        }
-    } else {
-        migrate::check(&client).await?;
-    }
-    Ok(())
+/// Applies or checks the schema, as `config.migrate` says, by `deadline`.
+pub async fn prepare_schema(
+    target: &DbTarget,
+    config: &Config,
+    deadline: &Deadline,
+) -> Result<(), DbError> {
+    let mut client = deadline.connect(target).await?;
+    deadline
+        .step(target, Waiting::Migrations, async {
+            if config.migrate {
+                let applied = migrate::apply(&mut client).await?;
+                if !applied.is_empty() {
+                    tracing::info!(?applied, "applied migrations");
+                }
+                Ok(())
+            } else {
+                migrate::check(&client).await
+            }
+        })
+        .await
 }
 
 impl Gateway {
     /// Finds the database, prepares the schema and starts the source and retention.
     pub async fn start(config: Config) -> Result<Arc<Gateway>, StartError> {
         let (target, embedded) = resolve_database(&config).await?;
-        prepare_schema(&target, &config).await?;
-        let client = connect_within(&target, STARTUP_DEADLINE).await?;
-        let head = changes::head(&client).await?;
-        let catalog = changes::catalog(&client).await?;
+        let deadline = Deadline::after(STARTUP_DEADLINE);
+        prepare_schema(&target, &config, &deadline).await?;
+        let client = deadline.connect(&target).await?;
+        let (head, catalog) = deadline
+            .step(&target, Waiting::FirstQuery, async {
+                Ok((changes::head(&client).await?, changes::catalog(&client).await?))
+            })
+            .await?;
         drop(client);
 
         let log = Arc::new(EventLog::new(config.ring_capacity, head));

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use rowcast::config::{self, Command, Config};
 use rowcast::gateway::{self, Gateway};
+use rowcast::pg::connect::Waiting;
 use rowcast::pg::migrate;
 use tracing_subscriber::EnvFilter;
 
@@ -81,13 +82,18 @@ async fn serve(config: Config) -> Result<(), BoxError> {
 async fn migrate_only(config: Config, seed: bool) -> Result<(), BoxError> {
     let (target, embedded) = gateway::resolve_database(&config).await?;
     let result = async {
-        let mut client = gateway::connect_within(&target, gateway::STARTUP_DEADLINE).await?;
+        let deadline = gateway::Deadline::after(gateway::STARTUP_DEADLINE);
+        let mut client = deadline.connect(&target).await?;
         if config.migrate || !seed {
-            let applied = migrate::apply(&mut client).await?;
+            let applied = deadline
+                .step(&target, Waiting::Migrations, migrate::apply(&mut client))
+                .await?;
             println!("migrations applied: {applied:?}");
         }
         if seed {
-            let inserted = migrate::seed(&client).await?;
+            let inserted = deadline
+                .step(&target, Waiting::FirstQuery, migrate::seed(&client))
+                .await?;
             println!("sample orders inserted: {inserted}");
         }
         Ok::<(), rowcast::pg::DbError>(())

@@ -3,8 +3,13 @@
 //! in one line what went wrong.
 
 use std::fmt;
+use std::future::Future;
+use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -15,9 +20,12 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::Instant;
 use tokio_postgres::config::{Host, SslMode};
-use tokio_postgres::tls::MakeTlsConnect;
-use tokio_postgres::{Client, Socket};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How much the client checks the server's certificate.
@@ -111,6 +119,17 @@ pub enum DbError {
     /// No pooled connection became free in time.
     #[error("no database connection became free within {0:?}")]
     PoolTimeout(Duration),
+    /// The server accepted the connection (or a query) and then said nothing until a
+    /// deadline passed: a hung server, a proxy in front of a dead one, a wrong port.
+    #[error("PostgreSQL at {target} did not answer within {after:.1?} (waiting for {waiting_for})")]
+    Timeout {
+        /// Where we tried.
+        target: String,
+        /// The step the server left unanswered.
+        waiting_for: Waiting,
+        /// How long we waited.
+        after: Duration,
+    },
     /// Any other error from the server or the driver.
     #[error("database error: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
@@ -139,9 +158,173 @@ impl DbError {
     }
 }
 
-/// The driver's connection object for our TLS setup.
-pub type PgConnection =
-    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+/// The driver's connection object for our socket and TLS setup.
+pub type PgConnection = tokio_postgres::Connection<Watched, TlsStreamOf<Watched>>;
+
+type TlsStreamOf<S> = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+
+/// A step of reaching the database and getting it ready; when a deadline passes, the
+/// error names the step the server left unanswered, so an operator knows whether to
+/// look at the network, TLS, credentials or the server itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The TCP (or Unix socket) connection.
+    Connect,
+    /// The server's one-byte answer to the SSLRequest (the TLS negotiation).
+    TlsNegotiation,
+    /// The TLS handshake after the server agreed to TLS.
+    TlsHandshake,
+    /// The start-up message and authentication, up to ReadyForQuery.
+    Authentication,
+    /// The first queries on a new connection.
+    FirstQuery,
+    /// Applying or checking the migrations.
+    Migrations,
+}
+
+impl Waiting {
+    const ALL: [Waiting; 6] = [
+        Waiting::Connect,
+        Waiting::TlsNegotiation,
+        Waiting::TlsHandshake,
+        Waiting::Authentication,
+        Waiting::FirstQuery,
+        Waiting::Migrations,
+    ];
+}
+
+impl fmt::Display for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Waiting::Connect => "the TCP connection",
+            Waiting::TlsNegotiation => "the answer to the SSLRequest (TLS negotiation)",
+            Waiting::TlsHandshake => "the TLS handshake",
+            Waiting::Authentication => "authentication",
+            Waiting::FirstQuery => "the first query",
+            Waiting::Migrations => "the migrations",
+        })
+    }
+}
+
+/// The step a connection attempt has reached, shared between the attempt (which
+/// moves it on) and its deadline (which reports it).
+#[derive(Debug, Clone, Default)]
+struct Progress(Arc<AtomicU8>);
+
+impl Progress {
+    fn set(&self, step: Waiting) {
+        self.0.store(step as u8, Ordering::Release);
+    }
+
+    fn step(&self) -> Waiting {
+        Waiting::ALL[usize::from(self.0.load(Ordering::Acquire)).min(Waiting::ALL.len() - 1)]
+    }
+}
+
+/// The socket under a database connection: TCP or Unix, watched during the
+/// handshake so that the first byte the server sends moves the attempt on from the
+/// TLS negotiation.
+#[derive(Debug)]
+pub struct Watched {
+    socket: Socket,
+    progress: Progress,
+}
+
+#[derive(Debug)]
+enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = match &mut self.socket {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        };
+        if buf.filled().len() > before && self.progress.step() == Waiting::TlsNegotiation {
+            self.progress.set(Waiting::Authentication);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.socket {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.socket {
+            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.socket {
+            Socket::Tcp(s) => s.is_write_vectored(),
+            Socket::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.socket {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.socket {
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// rustls, marking the start and end of the handshake in the attempt's progress.
+struct StagedTls {
+    inner: <MakeRustlsConnect as MakeTlsConnect<Watched>>::TlsConnect,
+    progress: Progress,
+}
+
+type TlsConnectError = <<MakeRustlsConnect as MakeTlsConnect<Watched>>::TlsConnect as TlsConnect<
+    Watched,
+>>::Error;
+
+impl TlsConnect<Watched> for StagedTls {
+    type Stream = TlsStreamOf<Watched>;
+    type Error = TlsConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Stream, Self::Error>> + Send>>;
+
+    fn connect(self, stream: Watched) -> Self::Future {
+        self.progress.set(Waiting::TlsHandshake);
+        let handshake = self.inner.connect(stream);
+        let progress = self.progress;
+        Box::pin(async move {
+            let stream = handshake.await?;
+            progress.set(Waiting::Authentication);
+            Ok(stream)
+        })
+    }
+}
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -263,11 +446,122 @@ impl DbTarget {
         other
     }
 
-    /// Opens one connection; the caller drives the returned connection future.
-    pub async fn connect(&self) -> Result<(Client, PgConnection), DbError> {
-        let tls = MakeRustlsConnect::new(self.tls_config()?);
+    /// How long one connection attempt may take, handshake and authentication
+    /// included (`connect_timeout` in the URL, else 5 s).
+    pub fn connect_timeout(&self) -> Duration {
         self.config
-            .connect(tls)
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    /// Opens one connection within [`DbTarget::connect_timeout`]; the caller drives
+    /// the returned connection future.
+    pub async fn connect(&self) -> Result<(Client, PgConnection), DbError> {
+        self.connect_until(Instant::now() + self.connect_timeout())
+            .await
+    }
+
+    /// Opens one connection, every step of it (TCP, TLS negotiation and handshake,
+    /// authentication) finished by `deadline` or abandoned with a
+    /// [`DbError::Timeout`] naming the step the server left unanswered.
+    pub async fn connect_until(
+        &self,
+        deadline: Instant,
+    ) -> Result<(Client, PgConnection), DbError> {
+        let started = Instant::now();
+        let progress = Progress::default();
+        match tokio::time::timeout_at(deadline, self.connect_staged(&progress)).await {
+            Ok(result) => result,
+            Err(_) => Err(DbError::Timeout {
+                target: self.to_string(),
+                waiting_for: progress.step(),
+                after: started.elapsed(),
+            }),
+        }
+    }
+
+    /// Tries each host in turn, as libpq does; the last failure is reported.
+    async fn connect_staged(
+        &self,
+        progress: &Progress,
+    ) -> Result<(Client, PgConnection), DbError> {
+        let hosts = self.config.get_hosts();
+        let addrs = self.config.get_hostaddrs();
+        let ports = self.config.get_ports();
+        let count = hosts.len().max(addrs.len()).max(1);
+        let mut last = None;
+        for i in 0..count {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            let (host, tls_name) = match (hosts.get(i), addrs.get(i)) {
+                (Some(Host::Tcp(name)), addr) => (
+                    addr.map_or_else(|| Host::Tcp(name.clone()), |a| Host::Tcp(a.to_string())),
+                    name.clone(),
+                ),
+                (Some(Host::Unix(path)), _) => (Host::Unix(path.clone()), String::new()),
+                (None, Some(addr)) => (Host::Tcp(addr.to_string()), addr.to_string()),
+                (None, None) => (Host::Tcp("localhost".into()), "localhost".into()),
+            };
+            progress.set(Waiting::Connect);
+            match self.connect_host(&host, port, &tls_name, progress).await {
+                Ok(connected) => return Ok(connected),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| DbError::Config("no host to connect to".into())))
+    }
+
+    async fn connect_host(
+        &self,
+        host: &Host,
+        port: u16,
+        tls_name: &str,
+        progress: &Progress,
+    ) -> Result<(Client, PgConnection), DbError> {
+        let unreachable = |err: io::Error| DbError::Unreachable {
+            target: self.to_string(),
+            reason: err.to_string(),
+        };
+        let socket = match host {
+            Host::Tcp(name) => {
+                let stream = TcpStream::connect((name.as_str(), port))
+                    .await
+                    .map_err(unreachable)?;
+                stream.set_nodelay(true).map_err(unreachable)?;
+                let keepalive =
+                    socket2::TcpKeepalive::new().with_time(self.config.get_keepalives_idle());
+                socket2::SockRef::from(&stream)
+                    .set_tcp_keepalive(&keepalive)
+                    .map_err(unreachable)?;
+                Socket::Tcp(stream)
+            }
+            Host::Unix(dir) => Socket::Unix(
+                UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
+                    .await
+                    .map_err(unreachable)?,
+            ),
+        };
+        // Over a Unix socket the server refuses TLS (the driver then goes on in
+        // plain text, or fails for `require`), as with libpq.
+        progress.set(if self.tls == TlsMode::Disable {
+            Waiting::Authentication
+        } else {
+            Waiting::TlsNegotiation
+        });
+        let watched = Watched {
+            socket,
+            progress: progress.clone(),
+        };
+        let mut make = MakeRustlsConnect::new(self.tls_config()?);
+        let tls = StagedTls {
+            inner: <MakeRustlsConnect as MakeTlsConnect<Watched>>::make_tls_connect(
+                &mut make, tls_name,
+            )
+            .unwrap_or_else(|never| match never {}),
+            progress: progress.clone(),
+        };
+        self.config
+            .connect_raw(watched, tls)
             .await
             .map_err(|err| classify(err, &self.to_string()))
     }
