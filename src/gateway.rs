@@ -16,9 +16,9 @@ use crate::config::{Config, Database};
 use crate::hub::Hub;
 use crate::log::EventLog;
 use crate::metrics::Metrics;
+use crate::pg::connect::Waiting;
 use crate::pg::embedded::{self, Embedded, EmbeddedError};
 use crate::pg::source::{Source, SourceStatus};
-use crate::pg::connect::Waiting;
 use crate::pg::{changes, migrate, DbError, DbTarget, Pool};
 
 /// How long start-up keeps trying to reach the database before it gives up.
@@ -26,6 +26,9 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
 /// Rows deleted per retention statement: each is its own short transaction, so
 /// writers (which never touch old rows) are not held up and replicas can interleave.
 const RETENTION_BATCH: i32 = 1000;
+/// How long one retention pass may run: every batch commits on its own, so a pass
+/// cut short (a silent server) loses nothing and the next one goes on.
+const RETENTION_PASS_DEADLINE: Duration = Duration::from_secs(60);
 /// The oldest id still in `change_log`, or the head when retention emptied it.
 const OLDEST_ID: &str = "SELECT coalesce(
         (SELECT min(id) FROM realtime.change_log),
@@ -248,7 +251,10 @@ impl Gateway {
         let client = deadline.connect(&target).await?;
         let (head, catalog) = deadline
             .step(&target, Waiting::FirstQuery, async {
-                Ok((changes::head(&client).await?, changes::catalog(&client).await?))
+                Ok((
+                    changes::head(&client).await?,
+                    changes::catalog(&client).await?,
+                ))
             })
             .await?;
         drop(client);
@@ -343,8 +349,10 @@ async fn retention(
 ) {
     let observe = async {
         let client = pool.get().await?;
-        let oldest: i64 = client.query_typed_one(OLDEST_ID, &[]).await?.try_get(0)?;
-        metrics.retention_oldest_id.set(oldest);
+        let row = pool
+            .within(client.deadline(), client.query_typed_one(OLDEST_ID, &[]))
+            .await?;
+        metrics.retention_oldest_id.set(row.try_get(0)?);
         Ok::<(), DbError>(())
     };
     tokio::select! {
@@ -359,28 +367,34 @@ async fn retention(
             _ = tokio::time::sleep(policy.period) => {}
         }
         let pass = async {
-            let client = pool.get().await?;
-            let mut pruned = 0;
-            loop {
-                let deleted = changes::prune(
-                    &*client,
-                    Some(policy.max_age),
-                    policy.max_rows,
-                    RETENTION_BATCH,
-                )
+            let client = pool
+                .get_by(Instant::now() + RETENTION_PASS_DEADLINE)
                 .await?;
-                metrics.pruned_rows.add(deleted);
-                pruned += deleted;
-                if deleted < RETENTION_BATCH as u64 {
-                    break;
+            let deadline = client.deadline();
+            pool.within(deadline, async {
+                let mut pruned = 0;
+                loop {
+                    let deleted = changes::prune(
+                        &*client,
+                        Some(policy.max_age),
+                        policy.max_rows,
+                        RETENTION_BATCH,
+                    )
+                    .await?;
+                    metrics.pruned_rows.add(deleted);
+                    pruned += deleted;
+                    if deleted < RETENTION_BATCH as u64 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
                 }
-                tokio::task::yield_now().await;
-            }
-            let oldest: i64 = client.query_typed_one(OLDEST_ID, &[]).await?.try_get(0)?;
-            metrics.retention_oldest_id.set(oldest);
-            metrics.retention_passes.inc();
-            tracing::debug!(pruned, oldest, "retention pass");
-            Ok::<(), DbError>(())
+                let oldest: i64 = client.query_typed_one(OLDEST_ID, &[]).await?.try_get(0)?;
+                metrics.retention_oldest_id.set(oldest);
+                metrics.retention_passes.inc();
+                tracing::debug!(pruned, oldest, "retention pass");
+                Ok::<(), DbError>(())
+            })
+            .await
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -161,13 +161,24 @@ impl Session {
     /// events after it. The horizon and the page come from one snapshot.
     async fn catch_up_page(&self) -> Result<Option<Vec<Arc<Event>>>, DbError> {
         let mut client = self.gateway.pool.get().await?;
-        let tx = client.snapshot().await?;
-        let pruned = changes::pruned_upto(&tx).await?;
-        if self.cursor < pruned {
+        let deadline = client.deadline();
+        let page = self
+            .gateway
+            .pool
+            .within(deadline, async {
+                let tx = client.snapshot().await?;
+                let pruned = changes::pruned_upto(&tx).await?;
+                if self.cursor < pruned {
+                    return Ok(None);
+                }
+                let page = changes::read_after(&tx, self.cursor, PAGE).await?;
+                tx.commit().await?;
+                Ok::<_, DbError>(Some(page))
+            })
+            .await?;
+        let Some(page) = page else {
             return Ok(None);
-        }
-        let page = changes::read_after(&tx, self.cursor, PAGE).await?;
-        tx.commit().await?;
+        };
         for event in &page {
             // Already sent live when it was new: keep catch-up copies out of the
             // commit→send latency histogram.

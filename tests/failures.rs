@@ -320,3 +320,52 @@ async fn a_listen_connection_terminated_by_the_server_is_replaced_without_loss()
         "{metrics}"
     );
 }
+
+/// The host and port of a `postgres://user@host:port/db` URL.
+fn upstream_of(url: &str) -> SocketAddr {
+    let (_, rest) = url.split_once('@').unwrap();
+    let (host_port, _) = rest.split_once('/').unwrap();
+    host_port
+        .parse()
+        .expect("a URL with an IP address and port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_gone_silent_gets_prompt_503s_and_streams_resume_without_loss() {
+    let db = TestDb::new();
+    let proxy = proxy::SilentProxy::start(upstream_of(&db.url)).await;
+    let gateway =
+        GatewayProcess::start(&proxy.url_for(&db.url), &["--ring-capacity", "1024"]).await;
+    let addr = gateway.addr;
+    let created = http(
+        addr,
+        "POST",
+        "/api/orders",
+        &[],
+        Some(br#"{"customer_name":"Ada","product_name":"Engine"}"#),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.json()["id"].as_i64().unwrap();
+    let workload = Workload::start(&db, &gateway).await;
+
+    proxy.pause();
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let response = http(addr, "GET", &format!("/api/orders/{id}"), &[], None).await;
+        let took = started.elapsed();
+        assert_eq!(response.status, 503, "attempt {attempt}: {}", response.body);
+        assert_eq!(response.json()["error"]["code"], "unavailable");
+        assert!(
+            took < Duration::from_secs(6),
+            "attempt {attempt} took {took:?}"
+        );
+    }
+    wait_readyz(addr, 503, Duration::from_secs(5)).await;
+
+    proxy.resume();
+    wait_readyz(addr, 200, Duration::from_secs(6)).await;
+    let again = http(addr, "GET", &format!("/api/orders/{id}"), &[], None).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    workload.finish(&db, &gateway, false).await;
+}

@@ -18,6 +18,7 @@ use tokio_postgres::types::Type;
 use super::body::{empty, full, Body};
 use super::error::ApiError;
 use crate::gateway::Gateway;
+use crate::pg::DbError;
 use crate::query;
 
 /// Largest `limit` on the list.
@@ -80,17 +81,24 @@ pub async fn list(gateway: &Gateway, query_string: &str) -> Result<Response<Body
         }
     }
     let mut client = gateway.pool.get().await?;
-    let tx = client.snapshot().await?;
-    let rows: String = tx
-        .query_typed_one(
-            "SELECT coalesce(json_agg(to_jsonb(o) ORDER BY o.id), '[]')::text
-             FROM (SELECT * FROM public.orders WHERE id > $1 ORDER BY id LIMIT $2) o",
-            &[(&after_id, Type::INT4), (&limit, Type::INT8)],
-        )
-        .await?
-        .try_get(0)?;
-    let position = crate::pg::changes::head(&tx).await?;
-    tx.commit().await?;
+    let deadline = client.deadline();
+    let (rows, position) = gateway
+        .pool
+        .within(deadline, async {
+            let tx = client.snapshot().await?;
+            let rows: String = tx
+                .query_typed_one(
+                    "SELECT coalesce(json_agg(to_jsonb(o) ORDER BY o.id), '[]')::text
+                     FROM (SELECT * FROM public.orders WHERE id > $1 ORDER BY id LIMIT $2) o",
+                    &[(&after_id, Type::INT4), (&limit, Type::INT8)],
+                )
+                .await?
+                .try_get(0)?;
+            let position = crate::pg::changes::head(&tx).await?;
+            tx.commit().await?;
+            Ok::<_, DbError>((rows, position))
+        })
+        .await?;
     let mut response = json_response(StatusCode::OK, rows);
     response
         .headers_mut()
@@ -101,10 +109,14 @@ pub async fn list(gateway: &Gateway, query_string: &str) -> Result<Response<Body
 /// `GET /api/orders/{id}`.
 pub async fn get(gateway: &Gateway, id: i32) -> Result<Response<Body>, ApiError> {
     let client = gateway.pool.get().await?;
-    let row = client
-        .query_typed_opt(
-            "SELECT to_jsonb(o)::text FROM public.orders o WHERE id = $1",
-            &[(&id, Type::INT4)],
+    let row = gateway
+        .pool
+        .within(
+            client.deadline(),
+            client.query_typed_opt(
+                "SELECT to_jsonb(o)::text FROM public.orders o WHERE id = $1",
+                &[(&id, Type::INT4)],
+            ),
         )
         .await?;
     match row {
@@ -131,16 +143,20 @@ pub async fn create(
     })?;
     let status = fields.status.unwrap_or("pending");
     let client = gateway.pool.get().await?;
-    let row = client
-        .query_typed_one(
-            "INSERT INTO public.orders (customer_name, product_name, status)
-             VALUES ($1, $2, $3)
-             RETURNING id, to_jsonb(orders)::text",
-            &[
-                (&customer, Type::VARCHAR),
-                (&product, Type::VARCHAR),
-                (&status, Type::VARCHAR),
-            ],
+    let row = gateway
+        .pool
+        .within(
+            client.deadline(),
+            client.query_typed_one(
+                "INSERT INTO public.orders (customer_name, product_name, status)
+                 VALUES ($1, $2, $3)
+                 RETURNING id, to_jsonb(orders)::text",
+                &[
+                    (&customer, Type::VARCHAR),
+                    (&product, Type::VARCHAR),
+                    (&status, Type::VARCHAR),
+                ],
+            ),
         )
         .await?;
     let id: i32 = row.try_get(0)?;
@@ -167,21 +183,25 @@ pub async fn update(
         });
     }
     let client = gateway.pool.get().await?;
-    let row = client
-        .query_typed_opt(
-            "UPDATE public.orders SET
-                 customer_name = coalesce($2, customer_name),
-                 product_name  = coalesce($3, product_name),
-                 status        = coalesce($4, status),
-                 updated_at    = clock_timestamp()
-             WHERE id = $1
-             RETURNING to_jsonb(orders)::text",
-            &[
-                (&id, Type::INT4),
-                (&fields.customer_name, Type::VARCHAR),
-                (&fields.product_name, Type::VARCHAR),
-                (&fields.status, Type::VARCHAR),
-            ],
+    let row = gateway
+        .pool
+        .within(
+            client.deadline(),
+            client.query_typed_opt(
+                "UPDATE public.orders SET
+                     customer_name = coalesce($2, customer_name),
+                     product_name  = coalesce($3, product_name),
+                     status        = coalesce($4, status),
+                     updated_at    = clock_timestamp()
+                 WHERE id = $1
+                 RETURNING to_jsonb(orders)::text",
+                &[
+                    (&id, Type::INT4),
+                    (&fields.customer_name, Type::VARCHAR),
+                    (&fields.product_name, Type::VARCHAR),
+                    (&fields.status, Type::VARCHAR),
+                ],
+            ),
         )
         .await?;
     match row {
@@ -193,10 +213,14 @@ pub async fn update(
 /// `DELETE /api/orders/{id}`: 204.
 pub async fn delete(gateway: &Gateway, id: i32) -> Result<Response<Body>, ApiError> {
     let client = gateway.pool.get().await?;
-    let deleted = client
-        .execute_typed(
-            "DELETE FROM public.orders WHERE id = $1",
-            &[(&id, Type::INT4)],
+    let deleted = gateway
+        .pool
+        .within(
+            client.deadline(),
+            client.execute_typed(
+                "DELETE FROM public.orders WHERE id = $1",
+                &[(&id, Type::INT4)],
+            ),
         )
         .await?;
     if deleted == 0 {

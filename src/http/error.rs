@@ -203,7 +203,7 @@ impl From<ParamError> for ApiError {
 impl From<DbError> for ApiError {
     fn from(err: DbError) -> ApiError {
         match &err {
-            DbError::PoolTimeout(_) | DbError::Unreachable { .. } => {
+            DbError::PoolTimeout(_) | DbError::Unreachable { .. } | DbError::Timeout { .. } => {
                 tracing::warn!(%err, "database unavailable for a request");
                 ApiError::Unavailable("the database is unavailable; retry shortly".into())
             }

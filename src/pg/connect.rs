@@ -121,7 +121,9 @@ pub enum DbError {
     PoolTimeout(Duration),
     /// The server accepted the connection (or a query) and then said nothing until a
     /// deadline passed: a hung server, a proxy in front of a dead one, a wrong port.
-    #[error("PostgreSQL at {target} did not answer within {after:.1?} (waiting for {waiting_for})")]
+    #[error(
+        "PostgreSQL at {target} did not answer within {after:.1?} (waiting for {waiting_for})"
+    )]
     Timeout {
         /// Where we tried.
         target: String,
@@ -178,17 +180,20 @@ pub enum Waiting {
     Authentication,
     /// The first queries on a new connection.
     FirstQuery,
+    /// A query on an established connection.
+    Query,
     /// Applying or checking the migrations.
     Migrations,
 }
 
 impl Waiting {
-    const ALL: [Waiting; 6] = [
+    const ALL: [Waiting; 7] = [
         Waiting::Connect,
         Waiting::TlsNegotiation,
         Waiting::TlsHandshake,
         Waiting::Authentication,
         Waiting::FirstQuery,
+        Waiting::Query,
         Waiting::Migrations,
     ];
 }
@@ -201,6 +206,7 @@ impl fmt::Display for Waiting {
             Waiting::TlsHandshake => "the TLS handshake",
             Waiting::Authentication => "authentication",
             Waiting::FirstQuery => "the first query",
+            Waiting::Query => "a query",
             Waiting::Migrations => "the migrations",
         })
     }
@@ -305,9 +311,8 @@ struct StagedTls {
     progress: Progress,
 }
 
-type TlsConnectError = <<MakeRustlsConnect as MakeTlsConnect<Watched>>::TlsConnect as TlsConnect<
-    Watched,
->>::Error;
+type TlsConnectError =
+    <<MakeRustlsConnect as MakeTlsConnect<Watched>>::TlsConnect as TlsConnect<Watched>>::Error;
 
 impl TlsConnect<Watched> for StagedTls {
     type Stream = TlsStreamOf<Watched>;
@@ -482,10 +487,7 @@ impl DbTarget {
     }
 
     /// Tries each host in turn, as libpq does; the last failure is reported.
-    async fn connect_staged(
-        &self,
-        progress: &Progress,
-    ) -> Result<(Client, PgConnection), DbError> {
+    async fn connect_staged(&self, progress: &Progress) -> Result<(Client, PgConnection), DbError> {
         let hosts = self.config.get_hosts();
         let addrs = self.config.get_hostaddrs();
         let ports = self.config.get_ports();

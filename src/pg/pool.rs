@@ -3,36 +3,57 @@
 //! Bounded by a semaphore; idle connections are reused when still open. Queries run
 //! as unnamed typed statements, so nothing is cached per connection (and a pooler in
 //! transaction mode in front of PostgreSQL is no problem).
+//!
+//! Every loan has a deadline: the wait for a permit, the connect and the caller's
+//! queries (run through [`Pool::within`]) all finish by it. A loan dropped at or after
+//! its deadline was abandoned mid-call on a server that stopped answering, so its
+//! connection is closed rather than handed to the next caller.
 
+use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_postgres::{Client, IsolationLevel, Transaction};
 
+use super::connect::Waiting;
 use super::{DbError, DbTarget};
 
-/// How long a caller waits for a free connection before giving up (the REST layer
-/// answers 503).
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request's database work may take, the wait for a connection
+/// included; past it the request is answered 503 (the contract says "within about
+/// 5 s") and the connection is discarded.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(4);
+
+/// One connection and the task driving it, kept together so a connection abandoned
+/// on a silent server can be closed at once (aborting the driver drops the socket).
+#[derive(Debug)]
+struct Conn {
+    client: Client,
+    driver: tokio::task::AbortHandle,
+}
 
 /// A bounded pool of connections to one database.
 #[derive(Debug)]
 pub struct Pool {
     target: DbTarget,
     /// Connections not in use; checked for `is_closed` before reuse.
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
     /// One permit per connection that may exist.
     permits: Arc<Semaphore>,
 }
 
-/// A connection on loan; it goes back to the pool when dropped, if still open.
+/// A connection on loan; it goes back to the pool when dropped, if still open and
+/// dropped before its deadline.
 #[derive(Debug)]
 pub struct PooledClient {
     pool: Arc<Pool>,
-    client: Option<Client>,
+    client: Option<Conn>,
+    /// When the loan's work must be done; dropped later, the connection may still
+    /// be waiting on a silent server, so it is closed instead of reused.
+    deadline: Instant,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -51,37 +72,79 @@ impl Pool {
         &self.target
     }
 
-    /// Borrows a connection, opening one if none is idle.
+    /// Borrows a connection for one request's work ([`REQUEST_DEADLINE`]).
     pub async fn get(self: &Arc<Self>) -> Result<PooledClient, DbError> {
-        let permit =
-            tokio::time::timeout(ACQUIRE_TIMEOUT, Arc::clone(&self.permits).acquire_owned())
-                .await
-                .map_err(|_| DbError::PoolTimeout(ACQUIRE_TIMEOUT))?
-                .map_err(|_| DbError::PoolTimeout(ACQUIRE_TIMEOUT))?;
+        self.get_by(Instant::now() + REQUEST_DEADLINE).await
+    }
+
+    /// Borrows a connection, opening one if none is idle; the work done with it must
+    /// be finished by `deadline` (see [`Pool::within`]).
+    pub async fn get_by(self: &Arc<Self>, deadline: Instant) -> Result<PooledClient, DbError> {
+        let waited = Instant::now();
+        let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.permits).acquire_owned())
+            .await
+            .map_err(|_| DbError::PoolTimeout(waited.elapsed()))?
+            .map_err(|_| DbError::PoolTimeout(waited.elapsed()))?;
         let reused = {
             let mut idle = self.idle.lock();
-            idle.retain(|client| !client.is_closed());
+            idle.retain(|conn| !conn.client.is_closed());
             idle.pop()
         };
         let client = match reused {
             Some(client) => client,
             None => {
-                let client = self.target.connect_spawned().await?;
+                let (client, connection) = self.target.connect_until(deadline).await?;
+                let driver = tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(%err, "database connection ended");
+                    }
+                })
+                .abort_handle();
+                let conn = Conn { client, driver };
                 // Timestamps in REST responses and in rows captured from our own writes
                 // are rendered in UTC, whatever the server's default.
-                client.batch_execute("SET TIME ZONE 'UTC'").await?;
-                client
+                let set = self.within(deadline, conn.client.batch_execute("SET TIME ZONE 'UTC'"));
+                if let Err(err) = set.await {
+                    conn.driver.abort();
+                    return Err(err);
+                }
+                conn
             }
         };
         Ok(PooledClient {
             pool: Arc::clone(self),
             client: Some(client),
+            deadline,
             _permit: permit,
         })
+    }
+
+    /// Runs `work` (calls on a loaned connection) until `deadline`; past it, a
+    /// [`DbError::Timeout`] (a 503 for requests). Drop the loan afterwards: one
+    /// dropped past its deadline is discarded.
+    pub async fn within<T, E: Into<DbError>>(
+        &self,
+        deadline: Instant,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, DbError> {
+        let started = Instant::now();
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(DbError::Timeout {
+                target: self.target.to_string(),
+                waiting_for: Waiting::Query,
+                after: started.elapsed(),
+            }),
+        }
     }
 }
 
 impl PooledClient {
+    /// When the work done with this loan must be finished.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Starts a read-only REPEATABLE READ transaction: one snapshot for several
     /// queries (rows and their change-log position; a horizon and a page).
     pub async fn snapshot(&mut self) -> Result<Transaction<'_>, DbError> {
@@ -99,25 +162,32 @@ impl Deref for PooledClient {
 
     fn deref(&self) -> &Client {
         // `client` is only taken in `drop`.
-        self.client
+        &self
+            .client
             .as_ref()
             .expect("pooled connection present until drop")
+            .client
     }
 }
 
 impl DerefMut for PooledClient {
     fn deref_mut(&mut self) -> &mut Client {
-        self.client
+        &mut self
+            .client
             .as_mut()
             .expect("pooled connection present until drop")
+            .client
     }
 }
 
 impl Drop for PooledClient {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            if !client.is_closed() {
-                self.pool.idle.lock().push(client);
+        if let Some(conn) = self.client.take() {
+            if Instant::now() >= self.deadline {
+                tracing::debug!("discarding a pooled connection that outlived its deadline");
+                conn.driver.abort();
+            } else if !conn.client.is_closed() {
+                self.pool.idle.lock().push(conn);
             }
         }
     }

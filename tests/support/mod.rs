@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod process;
+pub mod proxy;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
