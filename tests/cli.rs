@@ -132,3 +132,54 @@ fn help_and_version_exit_zero() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("--ring-capacity"));
     assert!(rowcast(&["--version"]).status.success());
 }
+
+/// A listener that accepts connections and then never says a word; with `answer`,
+/// it first answers the SSLRequest with that byte (`S` or `N`) and then goes silent.
+fn silent_listener(answer: Option<u8>) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut stream in listener.incoming().flatten() {
+            if let Some(byte) = answer {
+                let mut request = [0u8; 8];
+                if stream.read_exact(&mut request).is_ok() {
+                    let _ = stream.write_all(&[byte]);
+                }
+            }
+            held.push(stream);
+        }
+    });
+    port
+}
+
+fn assert_silence_ends_startup(answer: Option<u8>, waiting_for: &str) {
+    let port = silent_listener(answer);
+    let started = Instant::now();
+    let output = rowcast(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &format!("postgres://u@127.0.0.1:{port}/x"),
+    ]);
+    let took = started.elapsed();
+    assert_fails_with(&output, &format!("PostgreSQL at 127.0.0.1:{port}/x as u"));
+    assert_fails_with(&output, &format!("(waiting for {waiting_for})"));
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}
+
+#[test]
+fn a_server_that_accepts_and_never_answers_ends_startup_on_time() {
+    assert_silence_ends_startup(None, "the answer to the SSLRequest (TLS negotiation)");
+}
+
+#[test]
+fn a_server_that_agrees_to_tls_and_goes_silent_ends_startup_on_time() {
+    assert_silence_ends_startup(Some(b'S'), "the TLS handshake");
+}
+
+#[test]
+fn a_server_that_refuses_tls_and_goes_silent_ends_startup_on_time() {
+    assert_silence_ends_startup(Some(b'N'), "authentication");
+}
