@@ -53,6 +53,16 @@ pub enum ParamError {
         /// What is wrong with it.
         message: String,
     },
+    /// `tables` or `filter` names a table or column the catalog does not hold. The
+    /// catalog may be older than the request, so the caller re-reads it before
+    /// refusing.
+    #[error("invalid `{param}`: {message}")]
+    NotInCatalog {
+        /// The parameter at fault.
+        param: &'static str,
+        /// What is missing.
+        message: String,
+    },
 }
 
 impl ParamError {
@@ -68,8 +78,25 @@ impl ParamError {
         match self {
             ParamError::Query(_) => None,
             ParamError::Unknown(name) => Some(name),
-            ParamError::Invalid { param, .. } => Some(param),
+            ParamError::Invalid { param, .. } | ParamError::NotInCatalog { param, .. } => {
+                Some(param)
+            }
         }
+    }
+
+    /// The error body's `code`: `unknown_parameter`, `bad_filter` for anything wrong
+    /// with a `filter=`, else `invalid_parameter`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ParamError::Unknown(_) => "unknown_parameter",
+            _ if self.param() == Some("filter") => "bad_filter",
+            _ => "invalid_parameter",
+        }
+    }
+
+    /// Whether a newer catalog might accept the parameters.
+    pub fn is_catalog_miss(&self) -> bool {
+        matches!(self, ParamError::NotInCatalog { .. })
     }
 }
 
@@ -132,10 +159,10 @@ impl StreamParams {
                     .any(|t| catalog.has_column(t, &filter.column)),
             };
             if !known {
-                return Err(ParamError::invalid(
-                    "filter",
-                    format!("no selected table has a column `{}`", filter.column),
-                ));
+                return Err(ParamError::NotInCatalog {
+                    param: "filter",
+                    message: format!("no selected table has a column `{}`", filter.column),
+                });
             }
         }
         Ok(StreamParams {
@@ -158,10 +185,10 @@ fn parse_tables(value: &str, catalog: &Catalog) -> Result<Vec<Arc<str>>, ParamEr
             return Err(ParamError::invalid("tables", "empty table name"));
         }
         if !catalog.contains(name) {
-            return Err(ParamError::invalid(
-                "tables",
-                format!("`{name}` is not a tracked table"),
-            ));
+            return Err(ParamError::NotInCatalog {
+                param: "tables",
+                message: format!("`{name}` is not a tracked table"),
+            });
         }
         if !tables.iter().any(|t| &**t == name) {
             tables.push(Arc::from(name));
@@ -427,6 +454,16 @@ impl Filter {
             "lte" => Comparison::Lte,
             "gt" => Comparison::Gt,
             "gte" => Comparison::Gte,
+            "in" if value == "()" => {
+                // A list that can match nothing is a client bug, not a quiet stream.
+                return Err(ParamError::invalid(
+                    "filter",
+                    format!(
+                        "`in.()` on column `{column}` is an empty list and matches nothing \
+                         (write in.(\"\") for the empty string)"
+                    ),
+                ));
+            }
             "in" => {
                 let items = parse_list(value).ok_or_else(|| bad("expected in.(a,b,…)"))?;
                 return Ok(Filter {
@@ -458,7 +495,8 @@ impl Filter {
 }
 
 /// Parses `(a,b,"c,d")`: items separated by commas; a double-quoted item may hold `,`
-/// and `)`, and `\"` or `\\` inside quotes. At least one item.
+/// and `)`, and `\"` or `\\` inside quotes. At least one item (`()` is refused
+/// before this is called).
 fn parse_list(text: &str) -> Option<Vec<String>> {
     let inner = text.strip_prefix('(')?.strip_suffix(')')?;
     let mut items = Vec::new();
@@ -583,6 +621,11 @@ mod tests {
         for bad in ["in.", "in.()x", "in.(a", r#"in.("a"b)"#, "in.(a(b)"] {
             assert!(Filter::parse(&format!("status={bad}")).is_err(), "{bad}");
         }
+        let empty = Filter::parse("status=in.()").unwrap_err();
+        assert_eq!(empty.code(), "bad_filter");
+        assert!(empty.to_string().contains("`status`"), "{empty}");
+        assert!(selects(r#"filter=status=in.("")"#, json!({"status": ""})));
+        assert!(!selects(r#"filter=status=in.("")"#, json!({"status": "x"})));
     }
 
     #[test]

@@ -13,11 +13,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::config::{Config, Database};
+use crate::filter::Catalog;
 use crate::hub::Hub;
 use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::pg::connect::Waiting;
 use crate::pg::embedded::{self, Embedded, EmbeddedError};
+use crate::pg::pool::REQUEST_DEADLINE;
 use crate::pg::source::{Source, SourceStatus};
 use crate::pg::{changes, migrate, DbError, DbTarget, Pool};
 
@@ -262,6 +264,7 @@ impl Gateway {
         let log = Arc::new(EventLog::new(config.ring_capacity, head));
         let hub = Hub::new();
         let metrics = Arc::new(Metrics::default());
+        metrics.catalog_reads.inc();
         let source = SourceStatus::new(catalog);
         let pool = Pool::new(target.clone(), config.pool_size);
         let shutdown = CancellationToken::new();
@@ -309,6 +312,26 @@ impl Gateway {
             tasks,
             embedded,
         }))
+    }
+
+    /// The tracked tables as read no earlier than `arrived` (a request's arrival):
+    /// the cached copy if a read started since, else a new read, shared with
+    /// concurrent callers and rate-limited; finished within the request deadline.
+    pub async fn catalog_since(&self, arrived: Instant) -> Result<Arc<Catalog>, DbError> {
+        let deadline = arrived + REQUEST_DEADLINE;
+        let read = self.source.catalogs().since(arrived, || async {
+            self.metrics.catalog_reads.inc();
+            let client = self.pool.get_by(deadline).await?;
+            self.pool.within(deadline, changes::catalog(&*client)).await
+        });
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(catalog) => catalog,
+            Err(_) => Err(DbError::Timeout {
+                target: self.pool.target().to_string(),
+                waiting_for: Waiting::Query,
+                after: arrived.elapsed(),
+            }),
+        }
     }
 
     /// Stops the background tasks and the private server, if any.

@@ -163,6 +163,9 @@ pub struct Metrics {
     pub delivered_sse: Counter,
     /// Times the source reconnected after losing the database.
     pub db_reconnects: Counter,
+    /// Reads of the tracked tables and columns (periodic, on a doorbell, on a stream
+    /// naming one the copy lacks): shows that a flood of bad requests is absorbed.
+    pub catalog_reads: Counter,
     /// Clients closed because a write stayed blocked past `--send-timeout`.
     pub lagging_disconnects: Counter,
     /// Rows deleted by retention.
@@ -195,6 +198,7 @@ impl Default for Metrics {
             delivered_ws: Counter::default(),
             delivered_sse: Counter::default(),
             db_reconnects: Counter::default(),
+            catalog_reads: Counter::default(),
             lagging_disconnects: Counter::default(),
             limit_rejections: std::array::from_fn(|_| Counter::default()),
             pruned_rows: Counter::default(),
@@ -327,6 +331,11 @@ impl Metrics {
                 &self.db_reconnects,
             ),
             (
+                "rowcast_catalog_reads_total",
+                "Reads of the tracked tables and their columns.",
+                &self.catalog_reads,
+            ),
+            (
                 "rowcast_lagging_disconnects_total",
                 "Clients closed for staying blocked past --send-timeout.",
                 &self.lagging_disconnects,
@@ -416,6 +425,7 @@ mod tests {
             "rowcast_ring_events 7",
             "rowcast_source_lag_seconds 0",
             "rowcast_db_reconnects_total 0",
+            "rowcast_catalog_reads_total 0",
             "rowcast_lagging_disconnects_total 0",
             "rowcast_pruned_rows_total 0",
             "rowcast_retention_passes_total 0",

@@ -188,12 +188,8 @@ impl ApiError {
 
 impl From<ParamError> for ApiError {
     fn from(err: ParamError) -> ApiError {
-        let code = match err {
-            ParamError::Unknown(_) => "unknown_parameter",
-            _ => "invalid_parameter",
-        };
         ApiError::BadRequest {
-            code,
+            code: err.code(),
             field: err.param().map(str::to_owned),
             message: err.to_string(),
         }

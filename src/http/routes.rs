@@ -145,12 +145,13 @@ async fn dispatch(
             }
         }
         Route::WebSocket if method == Method::GET => {
-            let mut params = StreamParams::parse(&query, &gateway.source.catalog())?;
+            let mut params = stream_params(&query, gateway).await?;
             restrict(&mut params, &grant(false)?, gateway)?;
             ws::upgrade(request, Arc::clone(gateway), params, connection)
         }
         Route::Events if method == Method::GET => {
-            let params = events_params(&query, credential.as_deref(), request.headers(), gateway)?;
+            let params = stream_params(&query, gateway).await?;
+            let params = events_params(params, credential.as_deref(), request.headers(), gateway)?;
             Ok(sse::respond(Arc::clone(gateway), params, connection))
         }
         Route::Healthz if get_like => Ok(ops::healthz()),
@@ -168,7 +169,14 @@ async fn dispatch(
 pub fn admit_events(request: &Request<()>, gateway: &Gateway) -> Option<(HeaderMap, StreamParams)> {
     let (query, query_token) = auth::take_access_token(request.uri().query().unwrap_or(""));
     let credential = credential(request.headers(), query_token);
-    let params = events_params(&query, credential.as_deref(), request.headers(), gateway).ok()?;
+    // Only a catalog no doorbell has outdated, and only parameters it accepts, take
+    // this path; anything else goes through the route, which may re-read it.
+    let catalogs = gateway.source.catalogs();
+    if catalogs.is_stale() {
+        return None;
+    }
+    let params = StreamParams::parse(&query, &catalogs.current()).ok()?;
+    let params = events_params(params, credential.as_deref(), request.headers(), gateway).ok()?;
     let mut response = sse::response_head();
     apply_cors(gateway, request.headers().get(ORIGIN), &mut response);
     gateway.metrics.record_response(response.status().as_u16());
@@ -186,15 +194,32 @@ fn credential(headers: &HeaderMap, query_token: Option<String>) -> Option<String
         .or(query_token)
 }
 
-/// A stream's parameters from `GET /events`: the credential, the query and
-/// `Last-Event-ID`.
+/// A stream's query parameters, checked against a catalog no older than the request:
+/// the cached copy when it holds every table and column named and no catalog
+/// doorbell rang since it was read; else a re-read (shared with concurrent requests
+/// and rate-limited, see [`crate::pg::catalog`]). A table tracked or a column added
+/// and committed before the request is therefore accepted on every replica.
+async fn stream_params(query: &str, gateway: &Gateway) -> Result<StreamParams, ApiError> {
+    let arrived = tokio::time::Instant::now();
+    let catalogs = gateway.source.catalogs();
+    if !catalogs.is_stale() {
+        match StreamParams::parse(query, &catalogs.current()) {
+            Err(err) if err.is_catalog_miss() => {}
+            parsed => return Ok(parsed?),
+        }
+    }
+    let catalog = gateway.catalog_since(arrived).await?;
+    Ok(StreamParams::parse(query, &catalog)?)
+}
+
+/// A stream's parameters from `GET /events`, given its query parameters: the
+/// credential's restrictions and `Last-Event-ID`.
 fn events_params(
-    query: &str,
+    mut params: StreamParams,
     credential: Option<&str>,
     headers: &HeaderMap,
     gateway: &Gateway,
 ) -> Result<StreamParams, ApiError> {
-    let mut params = StreamParams::parse(query, &gateway.source.catalog())?;
     restrict(
         &mut params,
         &authorize(gateway, credential, false)?,

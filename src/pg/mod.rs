@@ -1,6 +1,7 @@
 //! Everything that talks to PostgreSQL: connecting (TLS), the pool, migrations, the
 //! embedded private server, the change-log queries and the source task.
 
+pub mod catalog;
 pub mod changes;
 pub mod connect;
 pub mod embedded;

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
+use super::catalog::{self, CatalogCache};
 use super::{changes, DbError, DbTarget};
 use crate::filter::Catalog;
 use crate::hub::Hub;
@@ -68,7 +68,7 @@ pub struct SourceStatus {
     /// 0: not decided, 1: notify, 2: poll.
     mode: AtomicU8,
     /// The tracked tables, for validating stream parameters.
-    catalog: RwLock<Arc<Catalog>>,
+    catalog: CatalogCache,
     /// Signalled whenever `live` changes.
     changed: Notify,
 }
@@ -79,7 +79,7 @@ impl SourceStatus {
         Arc::new(SourceStatus {
             live: AtomicBool::new(false),
             mode: AtomicU8::new(0),
-            catalog: RwLock::new(Arc::new(catalog)),
+            catalog: CatalogCache::new(catalog),
             changed: Notify::new(),
         })
     }
@@ -98,9 +98,14 @@ impl SourceStatus {
         }
     }
 
-    /// The tracked tables.
+    /// The tracked tables, as last read.
     pub fn catalog(&self) -> Arc<Catalog> {
-        Arc::clone(&self.catalog.read())
+        self.catalog.current()
+    }
+
+    /// The catalog cache, for requests that need a copy no older than themselves.
+    pub fn catalogs(&self) -> &CatalogCache {
+        &self.catalog
     }
 
     /// Waits until the source becomes live (or returns at once if it is).
@@ -188,12 +193,20 @@ impl Source {
         let lost = CancellationToken::new();
         let driver = {
             let doorbell = Arc::clone(&doorbell);
+            let status = Arc::clone(&self.status);
             let lost = lost.clone();
             // A spawned `Connection` drops notifications; polling messages ourselves
             // both drives the connection and receives them.
             tokio::spawn(async move {
                 loop {
                     match poll_fn(|cx| connection.poll_message(cx)).await {
+                        // Marked at once, not after a read: a request that arrives
+                        // before the next catalog read must not trust the old copy.
+                        Some(Ok(AsyncMessage::Notification(n)))
+                            if n.channel() == catalog::CHANNEL =>
+                        {
+                            status.catalog.ring()
+                        }
                         Some(Ok(AsyncMessage::Notification(_))) => doorbell.notify_one(),
                         Some(Ok(_)) => {}
                         Some(Err(err)) => {
@@ -270,7 +283,10 @@ impl Source {
         if self.mode == SourceMode::Poll {
             return Ok(SourceMode::Poll);
         }
-        let listen = with_timeout(client.batch_execute(&format!("LISTEN {CHANNEL}"))).await;
+        let listen = with_timeout(
+            client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {}", catalog::CHANNEL)),
+        )
+        .await;
         match (self.mode, listen) {
             (SourceMode::Notify, Err(err)) => return Err(err),
             (SourceMode::Notify, Ok(())) => return Ok(SourceMode::Notify),
@@ -296,7 +312,7 @@ impl Source {
                 poll_interval = ?self.poll_interval,
                 "LISTEN/NOTIFY does not work on this connection (a pooler in transaction mode?); polling instead"
             );
-            let _ = with_timeout(client.batch_execute(&format!("UNLISTEN {CHANNEL}"))).await;
+            let _ = with_timeout(client.batch_execute("UNLISTEN *")).await;
             Ok(SourceMode::Poll)
         }
     }
@@ -324,8 +340,13 @@ impl Source {
     }
 
     async fn refresh_catalog(&self, client: &Client) -> Result<(), DbError> {
-        let catalog = with_timeout(changes::catalog(client)).await?;
-        *self.status.catalog.write() = Arc::new(catalog);
+        self.status
+            .catalog
+            .refresh(|| {
+                self.metrics.catalog_reads.inc();
+                with_timeout(changes::catalog(client))
+            })
+            .await?;
         Ok(())
     }
 }
