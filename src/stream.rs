@@ -96,11 +96,41 @@ impl Session {
                 self.cursor = position;
                 self.push_changes(events, out);
                 if let (Phase::Backlog { replayed }, false) = (self.phase, more) {
-                    // The scan reached the head it saw (`position`, unless `since` is
-                    // ahead of it). A head read now may be newer, and would announce
-                    // as sent events that only follow `ready`.
-                    let head = position.min(self.gateway.log.head());
-                    out.push(Item::Control(Control::Ready { head, replayed }));
+                    if position > self.gateway.log.head() {
+                        // `since` is ahead of this replica: legitimate if the database
+                        // issued it (the client came from a replica a little ahead).
+                        match Box::pin(self.database_head()).await {
+                            Ok(issued) if position > issued => {
+                                // From another database or a restored backup: the
+                                // client must start over, not wait for that number.
+                                let head = self.gateway.log.head();
+                                tracing::debug!(
+                                    position,
+                                    issued,
+                                    head,
+                                    "position never issued; reset"
+                                );
+                                self.cursor = head;
+                                out.push(Item::Control(Control::Reset { head }));
+                                return;
+                            }
+                            Ok(_) => {}
+                            Err(err) => {
+                                tracing::warn!(%err, "reading the database's head failed; retrying");
+                                self.retry_pending = true;
+                                return;
+                            }
+                        }
+                    }
+                    // The scan reached the head it saw, or the client's position when
+                    // that is ahead (so its `lastEventId` never moves backwards). A
+                    // head read now may be newer, and would announce as sent events
+                    // that only follow `ready`.
+                    self.retry_pending = false;
+                    out.push(Item::Control(Control::Ready {
+                        head: position,
+                        replayed,
+                    }));
                     self.phase = Phase::Live;
                 }
             }
@@ -155,6 +185,18 @@ impl Session {
         if events.capacity() > self.scratch.capacity() {
             self.scratch = events;
         }
+    }
+
+    /// The newest id the database has committed (or retention has deleted): every
+    /// position a client got from any replica of this database is at or below it.
+    /// Not the sequence's `last_value`, which also counts ids drawn by transactions
+    /// that rolled back, and which no client can hold.
+    async fn database_head(&self) -> Result<u64, DbError> {
+        let client = self.gateway.pool.get().await?;
+        self.gateway
+            .pool
+            .within(client.deadline(), changes::head(&*client))
+            .await
     }
 
     /// One page of `change_log` after the cursor, or `None` when retention has deleted

@@ -768,25 +768,85 @@ async fn a_pruned_position_the_ring_still_holds_is_replayed_without_reset() {
 }
 
 #[tokio::test]
-async fn a_since_ahead_of_the_head_is_accepted_and_later_events_beyond_it_arrive() {
+async fn a_since_above_every_id_the_database_issued_gets_reset_then_live_events() {
     let db = TestDb::new();
     let server = TestServer::start(db.config()).await;
     insert_orders(&db, 2).await;
     server.caught_up(&db).await;
     let now = head(&db).await;
-    let since = now + 5;
     let mut clients = Vec::new();
     for transport in BOTH {
-        let mut client = Client::open(transport, server.addr, &format!("since={since}")).await;
-        assert_eq!(client.until_ready().await, (vec![], ready(now, 0)));
+        let mut client = Client::open(transport, server.addr, &format!("since={}", now + 5)).await;
+        // SSE's reset carries `id: <head>` (checked by `checked_sse`), so a browser
+        // does not reconnect with the foreign position.
+        let (before, message) = client.until_ready().await;
+        assert_eq!(
+            before,
+            vec![json!({"type": "reset", "reason": "history_gone", "head": now.to_string()})],
+            "{transport:?}"
+        );
+        assert_eq!(message, ready(now, 0));
         clients.push(client);
     }
-    insert_orders(&db, 8).await;
-    let beyond = logged_ids(&db, since, "true").await;
-    assert_eq!(beyond.len(), 3, "ids are dense here: {beyond:?}");
+    let mut sse = SseClient::connect(
+        server.addr,
+        "",
+        &[("Last-Event-ID", &(now + 1).to_string())],
+    )
+    .await;
+    let (before, message) = sse.until_ready().await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(checked_sse(&before[0])["type"], "reset");
+    assert_eq!(checked_sse(&message), ready(now, 0));
+    insert_orders(&db, 3).await;
+    let later = logged_ids(&db, now, "true").await;
     for client in &mut clients {
-        assert_eq!(ids(&client.changes(3).await), beyond);
+        assert_eq!(ids(&client.changes(3).await), later);
     }
+}
+
+#[tokio::test]
+async fn a_since_ahead_of_this_replica_but_issued_by_the_database_is_served_from_there() {
+    let db = TestDb::new();
+    // A replica that reads change_log only every few seconds, so it lags the
+    // database (and a replica that clients came from) for a while.
+    let lagging = TestServer::start(Config {
+        source: rowcast::pg::source::SourceMode::Poll,
+        poll_interval: Duration::from_secs(3),
+        ..db.config()
+    })
+    .await;
+    insert_orders(&db, 4).await;
+    let issued = head(&db).await;
+    let mut clients = Vec::new();
+    for transport in BOTH {
+        let mut client = Client::open(transport, lagging.addr, &format!("since={issued}")).await;
+        assert_eq!(
+            client.until_ready().await,
+            (vec![], ready(issued, 0)),
+            "{transport:?}"
+        );
+        clients.push(client);
+    }
+    let last = issued.to_string();
+    let mut sse = SseClient::connect(lagging.addr, "", &[("Last-Event-ID", &last)]).await;
+    let (before, message) = sse.until_ready().await;
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(checked_sse(&message), ready(issued, 0));
+    insert_orders(&db, 3).await;
+    let later = logged_ids(&db, issued, "true").await;
+    for client in &mut clients {
+        assert_eq!(ids(&client.changes(3).await), later);
+    }
+    let changes: Vec<Value> = within("changes", async {
+        let mut out = Vec::new();
+        while out.len() < 3 {
+            out.push(checked_sse(&sse.next_event().await));
+        }
+        out
+    })
+    .await;
+    assert_eq!(ids(&changes), later);
 }
 
 #[tokio::test]
@@ -1000,6 +1060,15 @@ async fn bad_tables_ops_filters_and_unknown_parameters_are_refused_on_both_endpo
     }
     let unknown = http(server.addr, "GET", "/events?foo=1", &[], None).await;
     assert_eq!(unknown.json()["error"]["code"], "unknown_parameter");
+    let bad_filter = http(
+        server.addr,
+        "GET",
+        &format!("/events?{}", filter("x=eq.1")),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(bad_filter.json()["error"]["code"], "bad_filter");
     // The same request shape with valid parameters is upgraded.
     let query = format!("tables=orders&ops=insert,Delete&{}", filter("id=gt.1"));
     assert_eq!(upgrade_request(server.addr, &query).await.status, 101);
@@ -1880,5 +1949,178 @@ async fn curl_n_on_events_prints_each_change_as_an_sse_block() {
         next_line(&mut lines).await,
         "",
         "a blank line ends the block"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_in_list_is_a_bad_filter_naming_its_column_and_a_quoted_empty_item_is_not() {
+    let db = TestDb::new();
+    let server = TestServer::start(db.config()).await;
+    let query = filter("customer_name=in.()");
+    let sse = http(server.addr, "GET", &format!("/events?{query}"), &[], None).await;
+    let ws = upgrade_request(server.addr, &query).await;
+    for (response, what) in [(&sse, "/events"), (&ws, "upgrade /ws")] {
+        assert_refused(response, "filter", what);
+        let error = &response.json()["error"];
+        assert_eq!(error["code"], "bad_filter", "{what}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("`customer_name`"),
+            "{what}: {error}"
+        );
+    }
+    let query = filter("customer_name=in.(\"\")");
+    assert_eq!(upgrade_request(server.addr, &query).await.status, 101);
+    let sse = SseClient::connect(server.addr, &query, &[]).await;
+    assert_eq!(sse.status, 200);
+}
+
+// ---------------------------------------------------------------------------------
+// The catalog: tables tracked and columns added while the gateway runs
+// ---------------------------------------------------------------------------------
+
+/// Three replicas on one database: two woken by NOTIFY (they hear the catalog
+/// doorbell), one polling (it hears nothing and must re-read on a miss).
+async fn replicas(db: &TestDb) -> Vec<TestServer> {
+    let mut servers = Vec::new();
+    for mode in ["notify", "notify", "poll"] {
+        let config = Config {
+            source: rowcast::pg::source::SourceMode::parse(mode).unwrap(),
+            poll_interval: Duration::from_millis(100),
+            ..db.config()
+        };
+        servers.push(TestServer::start(config).await);
+    }
+    servers
+}
+
+/// Opens `query` on both transports of every server, expecting each to be accepted
+/// and `ready`.
+async fn open_everywhere(servers: &[TestServer], query: &str) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for (i, server) in servers.iter().enumerate() {
+        for transport in BOTH {
+            let mut client = Client::open(transport, server.addr, query).await;
+            let (before, message) = client.until_ready().await;
+            assert!(before.is_empty(), "replica {i} {transport:?}: {before:?}");
+            assert_eq!(message["type"], "ready", "replica {i} {transport:?}");
+            clients.push(client);
+        }
+    }
+    clients
+}
+
+#[tokio::test]
+async fn a_table_tracked_while_replicas_run_can_be_streamed_at_once_on_each() {
+    let db = TestDb::new();
+    let servers = replicas(&db).await;
+    let sql = db.client().await;
+    sql.batch_execute(
+        "CREATE TABLE invoices (id serial PRIMARY KEY, amount int);
+         SELECT realtime.track('invoices');",
+    )
+    .await
+    .unwrap();
+    let mut clients = open_everywhere(&servers, "tables=invoices").await;
+    clients.extend(
+        open_everywhere(
+            &servers,
+            &format!("tables=invoices&{}", filter("amount=gt.10")),
+        )
+        .await,
+    );
+    clients.extend(open_everywhere(&servers, &filter("amount=gt.10")).await);
+    sql.batch_execute("INSERT INTO invoices (amount) VALUES (42)")
+        .await
+        .unwrap();
+    let expected = logged_ids(&db, 0, "\"table\" = 'invoices'").await;
+    assert_eq!(expected.len(), 1);
+    for client in &mut clients {
+        let change = &client.changes(1).await[0];
+        assert_eq!(id_of(change), expected[0]);
+        assert_eq!(change["table"], "invoices");
+        assert_eq!(change["row"]["amount"], 42);
+    }
+}
+
+#[tokio::test]
+async fn a_column_added_while_replicas_run_can_be_filtered_on_at_once() {
+    let db = TestDb::new();
+    let servers = replicas(&db).await;
+    let sql = db.client().await;
+    sql.batch_execute("ALTER TABLE orders ADD COLUMN priority int")
+        .await
+        .unwrap();
+    let mut clients = open_everywhere(&servers, &filter("priority=eq.1")).await;
+    sql.batch_execute(
+        "INSERT INTO orders (customer_name, product_name, priority) VALUES ('a', 'b', 2), ('c', 'd', 1)",
+    )
+    .await
+    .unwrap();
+    let expected = logged_ids(&db, 0, "row->>'priority' = '1'").await;
+    for client in &mut clients {
+        assert_eq!(ids(&client.changes(1).await), expected);
+    }
+}
+
+#[tokio::test]
+async fn an_untracked_table_is_refused_at_once_by_replicas_that_hear_the_doorbell() {
+    let db = TestDb::new();
+    create_docs(&db).await;
+    let servers = replicas(&db).await;
+    open_everywhere(&servers, "tables=docs").await;
+    db.client()
+        .await
+        .batch_execute("SELECT realtime.untrack('docs')")
+        .await
+        .unwrap();
+    // The polling replica hears no doorbell; it learns within its periodic refresh.
+    for server in &servers[..2] {
+        for query in ["tables=docs".to_owned(), filter("body=eq.x")] {
+            let sse = http(server.addr, "GET", &format!("/events?{query}"), &[], None).await;
+            let field = if query.starts_with("tables") {
+                "tables"
+            } else {
+                "filter"
+            };
+            assert_refused(&sse, field, &format!("/events?{query}"));
+            let ws = upgrade_request(server.addr, &query).await;
+            assert_refused(&ws, field, &format!("upgrade /ws?{query}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_requests_for_unknown_tables_reads_the_catalog_a_bounded_number_of_times() {
+    let db = TestDb::new();
+    let server = TestServer::start(db.config()).await;
+    let before = metric(server.addr, "rowcast_catalog_reads_total").await;
+    let started = Instant::now();
+    let mut requests = Vec::new();
+    for i in 0..200 {
+        let addr = server.addr;
+        requests.push(tokio::spawn(async move {
+            let query = format!("tables=nope_{i}");
+            if i % 2 == 0 {
+                http(addr, "GET", &format!("/events?{query}"), &[], None).await
+            } else {
+                upgrade_request(addr, &query).await
+            }
+        }));
+    }
+    for request in requests {
+        assert_refused(&request.await.unwrap(), "tables", "an unknown table");
+    }
+    let elapsed = started.elapsed();
+    let reads = metric(server.addr, "rowcast_catalog_reads_total").await - before;
+    // One read per rate-limit interval at most, plus one already under way and one
+    // periodic refresh by the source.
+    let bound = (elapsed.as_millis() / rowcast::pg::catalog::MIN_INTERVAL.as_millis()) as f64 + 3.0;
+    assert!(reads >= 1.0, "a miss must re-read the catalog");
+    assert!(
+        reads <= bound,
+        "{reads} catalog reads for 200 requests in {elapsed:?}"
     );
 }
