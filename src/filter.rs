@@ -118,6 +118,12 @@ pub struct StreamParams {
 }
 
 impl StreamParams {
+    /// Whether the parameters name tables or columns, which only the catalog can
+    /// vouch for.
+    pub fn names_catalog(&self) -> bool {
+        self.selection.tables.is_some() || !self.selection.filters.is_empty()
+    }
+
     /// Parses the query string of `/ws` or `/events` against the tracked tables.
     pub fn parse(query: &str, catalog: &Catalog) -> Result<StreamParams, ParamError> {
         let mut since = None;

@@ -17,6 +17,7 @@ use crate::filter::Catalog;
 use crate::hub::Hub;
 use crate::log::EventLog;
 use crate::metrics::Metrics;
+use crate::pg::catalog::Pace;
 use crate::pg::connect::Waiting;
 use crate::pg::embedded::{self, Embedded, EmbeddedError};
 use crate::pg::pool::REQUEST_DEADLINE;
@@ -316,10 +317,15 @@ impl Gateway {
 
     /// The tracked tables as read no earlier than `arrived` (a request's arrival):
     /// the cached copy if a read started since, else a new read, shared with
-    /// concurrent callers and rate-limited; finished within the request deadline.
-    pub async fn catalog_since(&self, arrived: Instant) -> Result<Arc<Catalog>, DbError> {
+    /// concurrent callers (and spaced, with [`Pace::Spaced`]); finished within the
+    /// request deadline.
+    pub async fn catalog_since(
+        &self,
+        arrived: Instant,
+        pace: Pace,
+    ) -> Result<Arc<Catalog>, DbError> {
         let deadline = arrived + REQUEST_DEADLINE;
-        let read = self.source.catalogs().since(arrived, || async {
+        let read = self.source.catalogs().since(arrived, pace, || async {
             self.metrics.catalog_reads.inc();
             let client = self.pool.get_by(deadline).await?;
             self.pool.within(deadline, changes::catalog(&*client)).await

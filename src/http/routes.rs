@@ -17,6 +17,7 @@ use super::{api, ops, sse, ui, ws};
 use crate::auth::{self, Grant};
 use crate::filter::{parse_position, StreamParams};
 use crate::gateway::Gateway;
+use crate::pg::catalog::Pace;
 
 /// The resources, each with the methods it allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,16 +167,13 @@ async fn dispatch(
 /// the same checks as the route: on success, the response headers (CORS included; the
 /// 200 is counted) and the stream's parameters. `None` when the request is refused:
 /// hyper then serves it and answers the error, as for any other request.
-pub fn admit_events(request: &Request<()>, gateway: &Gateway) -> Option<(HeaderMap, StreamParams)> {
+pub async fn admit_events(
+    request: &Request<()>,
+    gateway: &Gateway,
+) -> Option<(HeaderMap, StreamParams)> {
     let (query, query_token) = auth::take_access_token(request.uri().query().unwrap_or(""));
     let credential = credential(request.headers(), query_token);
-    // Only a catalog no doorbell has outdated, and only parameters it accepts, take
-    // this path; anything else goes through the route, which may re-read it.
-    let catalogs = gateway.source.catalogs();
-    if catalogs.is_stale() {
-        return None;
-    }
-    let params = StreamParams::parse(&query, &catalogs.current()).ok()?;
+    let params = stream_params(&query, gateway).await.ok()?;
     let params = events_params(params, credential.as_deref(), request.headers(), gateway).ok()?;
     let mut response = sse::response_head();
     apply_cors(gateway, request.headers().get(ORIGIN), &mut response);
@@ -194,22 +192,31 @@ fn credential(headers: &HeaderMap, query_token: Option<String>) -> Option<String
         .or(query_token)
 }
 
-/// A stream's query parameters, checked against a catalog no older than the request:
-/// the cached copy when it holds every table and column named and no catalog
-/// doorbell rang since it was read; else a re-read (shared with concurrent requests
-/// and rate-limited, see [`crate::pg::catalog`]). A table tracked or a column added
-/// and committed before the request is therefore accepted on every replica.
+/// A stream's query parameters, judged by a catalog read no earlier than the request
+/// when they name tables or columns: a table tracked, a column added or a table
+/// untracked and committed before the request is accepted or refused accordingly on
+/// every replica. The read is shared with concurrent requests, and spaced when the
+/// cached copy lacked what was named (see [`crate::pg::catalog`]). While the database
+/// is out of reach, the cached copy is the best knowledge there is and decides.
 async fn stream_params(query: &str, gateway: &Gateway) -> Result<StreamParams, ApiError> {
     let arrived = tokio::time::Instant::now();
-    let catalogs = gateway.source.catalogs();
-    if !catalogs.is_stale() {
-        match StreamParams::parse(query, &catalogs.current()) {
-            Err(err) if err.is_catalog_miss() => {}
-            parsed => return Ok(parsed?),
+    let cached = StreamParams::parse(query, &gateway.source.catalog());
+    let pace = match &cached {
+        Ok(params) if !params.names_catalog() || !gateway.source.is_live() => {
+            return cached.map_err(ApiError::from)
         }
+        Ok(_) => Pace::Prompt,
+        Err(err) if err.is_catalog_miss() => Pace::Spaced,
+        Err(_) => return cached.map_err(ApiError::from),
+    };
+    match gateway.catalog_since(arrived, pace).await {
+        Ok(catalog) => Ok(StreamParams::parse(query, &catalog)?),
+        Err(err) if cached.is_ok() => {
+            tracing::debug!(%err, "catalog re-read failed; judging by the cached copy");
+            cached.map_err(ApiError::from)
+        }
+        Err(err) => Err(err.into()),
     }
-    let catalog = gateway.catalog_since(arrived).await?;
-    Ok(StreamParams::parse(query, &catalog)?)
 }
 
 /// A stream's parameters from `GET /events`, given its query parameters: the

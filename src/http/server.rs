@@ -208,8 +208,13 @@ async fn serve(
     let config = &gateway.config;
     let admitted =
         match sniff::first_request(&stream, config.header_timeout, config.max_header_bytes).await {
-            FirstRequest::Events { request, head_len } => routes::admit_events(&request, &gateway)
-                .map(|(headers, params)| (headers, params, head_len)),
+            // Boxed: it may wait for a catalog read, and unboxed it would size the
+            // task of every connection.
+            FirstRequest::Events { request, head_len } => {
+                Box::pin(routes::admit_events(&request, &gateway))
+                    .await
+                    .map(|(headers, params)| (headers, params, head_len))
+            }
             FirstRequest::TimedOut => {
                 gateway.metrics.reject(Limit::HeaderTimeout);
                 tracing::debug!(%peer, "no request within the header timeout");

@@ -1,16 +1,20 @@
 //! The tracked tables and their columns as this replica knows them, and how a request
 //! gets a copy no older than itself.
 //!
-//! The copy is re-read every few seconds by the source, at once when the catalog
-//! doorbell rings (`realtime.track`/`untrack` and DDL on tables notify
-//! [`CHANNEL`]), and on demand when a stream names a table or column the copy does
-//! not hold. On-demand reads are coalesced and rate-limited: one read at a time, a
-//! request is satisfied by any read that *started* after it arrived, and reads start
-//! at most once per [`MIN_INTERVAL`], so a flood of requests for tables that do not
+//! The source re-reads the copy every few seconds; a stream that names tables or
+//! columns re-reads it before it is accepted or refused, so a table tracked, a column
+//! added or a table untracked and committed before the request is judged by the
+//! database as it is now, on every replica. (A NOTIFY doorbell from `track` and
+//! `untrack` was tried first: the notification can reach the gateway after a request
+//! sent right after the commit, so it cannot give "at once".)
+//!
+//! Reads are coalesced: one runs at a time, and a request is satisfied by any read
+//! that *started* after it arrived, so concurrent requests share one. A request the
+//! copy cannot satisfy (a table or column it lacks) also waits until [`MIN_INTERVAL`]
+//! after the previous read started, so a flood of requests for tables that do not
 //! exist costs PostgreSQL a bounded number of reads.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +24,8 @@ use tokio::time::Instant;
 use super::DbError;
 use crate::filter::Catalog;
 
-/// The catalog doorbell: notified (no payload) when the set of tracked tables or
-/// their columns may have changed.
-pub const CHANNEL: &str = "rowcast_catalog";
-/// Least time between the starts of two catalog reads.
+/// Least time between the start of a read and a read for a request the previous
+/// copy could not satisfy.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(150);
 
 /// The catalog copy and the gate that serialises re-reads of it.
@@ -31,13 +33,19 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(150);
 pub struct CatalogCache {
     /// The newest copy read.
     current: RwLock<Arc<Catalog>>,
-    /// Doorbells heard so far: a copy read before the latest one may be stale.
-    rung: AtomicU64,
-    /// The value of `rung` when the read that produced `current` started.
-    fresh_as_of: AtomicU64,
     /// Held for the length of one read, so concurrent callers share it; holds the
     /// instant the last read started (for coalescing and the rate limit).
     gate: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Whether a read for a request waits out [`MIN_INTERVAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// The copy held everything the request named: read as soon as the gate is free.
+    Prompt,
+    /// The copy lacked something the request named: such requests may come in a
+    /// flood, so their reads are spaced.
+    Spaced,
 }
 
 impl CatalogCache {
@@ -45,8 +53,6 @@ impl CatalogCache {
     pub fn new(catalog: Catalog) -> CatalogCache {
         CatalogCache {
             current: RwLock::new(Arc::new(catalog)),
-            rung: AtomicU64::new(0),
-            fresh_as_of: AtomicU64::new(0),
             gate: tokio::sync::Mutex::new(None),
         }
     }
@@ -56,20 +62,14 @@ impl CatalogCache {
         Arc::clone(&self.current.read())
     }
 
-    /// Whether the doorbell rang after the current copy was read.
-    pub fn is_stale(&self) -> bool {
-        self.rung.load(Ordering::Acquire) > self.fresh_as_of.load(Ordering::Acquire)
-    }
-
-    /// Records a doorbell: the next request re-reads before trusting the copy.
-    pub fn ring(&self) {
-        self.rung.fetch_add(1, Ordering::AcqRel);
-    }
-
     /// A copy read no earlier than `arrived`: the current one if a read started at
-    /// or after it, else a new read (`read`), started no sooner than
-    /// [`MIN_INTERVAL`] after the previous one.
-    pub async fn since<F, Fut>(&self, arrived: Instant, read: F) -> Result<Arc<Catalog>, DbError>
+    /// or after it, else a new one from `read` (spaced as `pace` says).
+    pub async fn since<F, Fut>(
+        &self,
+        arrived: Instant,
+        pace: Pace,
+        read: F,
+    ) -> Result<Arc<Catalog>, DbError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Catalog, DbError>>,
@@ -78,13 +78,13 @@ impl CatalogCache {
         if last_start.is_some_and(|started| started >= arrived) {
             return Ok(self.current());
         }
-        if let Some(started) = *last_start {
+        if let (Pace::Spaced, Some(started)) = (pace, *last_start) {
             tokio::time::sleep_until(started + MIN_INTERVAL).await;
         }
         self.read_under_gate(&mut last_start, read).await
     }
 
-    /// Reads a new copy now (the source's periodic refresh, a doorbell).
+    /// Reads a new copy now (the source's periodic refresh).
     pub async fn refresh<F, Fut>(&self, read: F) -> Result<Arc<Catalog>, DbError>
     where
         F: FnOnce() -> Fut,
@@ -103,11 +103,9 @@ impl CatalogCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Catalog, DbError>>,
     {
-        let rung = self.rung.load(Ordering::Acquire);
         *last_start = Some(Instant::now());
         let catalog = Arc::new(read().await?);
         *self.current.write() = Arc::clone(&catalog);
-        self.fresh_as_of.fetch_max(rung, Ordering::AcqRel);
         Ok(catalog)
     }
 }
@@ -115,7 +113,7 @@ impl CatalogCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn one_table(name: &str) -> Catalog {
         Catalog::new([(name.to_owned(), vec!["id".to_owned()])])
@@ -133,7 +131,7 @@ mod tests {
                 // Requests arrive every 10 ms for a second.
                 tokio::time::sleep(Duration::from_millis(10 * i)).await;
                 cache
-                    .since(Instant::now(), || async {
+                    .since(Instant::now(), Pace::Spaced, || async {
                         reads.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(5)).await;
                         Ok(one_table("orders"))
@@ -161,23 +159,28 @@ mod tests {
             .await
             .unwrap();
         let catalog = cache
-            .since(arrived, || async { panic!("no second read") })
+            .since(arrived, Pace::Prompt, || async { panic!("no second read") })
             .await
             .unwrap();
         assert!(catalog.contains("orders"));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_doorbell_makes_the_copy_stale_until_the_next_read() {
-        let cache = CatalogCache::new(one_table("orders"));
-        assert!(!cache.is_stale());
-        cache.ring();
-        assert!(cache.is_stale());
-        cache
-            .refresh(|| async { Ok(Catalog::default()) })
-            .await
-            .unwrap();
-        assert!(!cache.is_stale());
-        assert!(!cache.current().contains("orders"));
+    async fn prompt_reads_are_not_spaced() {
+        let cache = CatalogCache::new(Catalog::default());
+        let reads = AtomicUsize::new(0);
+        let started = Instant::now();
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            cache
+                .since(Instant::now(), Pace::Prompt, || async {
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    Ok(one_table("orders"))
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(reads.load(Ordering::Relaxed), 3);
+        assert!(started.elapsed() < MIN_INTERVAL, "{:?}", started.elapsed());
     }
 }

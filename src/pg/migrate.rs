@@ -29,11 +29,6 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "change_log",
         sql: include_str!("../../sql/0002_change_log.sql"),
     },
-    Migration {
-        version: 3,
-        name: "catalog_doorbell",
-        sql: include_str!("../../sql/0003_catalog_doorbell.sql"),
-    },
 ];
 
 /// 0x726f776d = 'rowm': held while migrating.

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
-use super::catalog::{self, CatalogCache};
+use super::catalog::CatalogCache;
 use super::{changes, DbError, DbTarget};
 use crate::filter::Catalog;
 use crate::hub::Hub;
@@ -193,20 +193,12 @@ impl Source {
         let lost = CancellationToken::new();
         let driver = {
             let doorbell = Arc::clone(&doorbell);
-            let status = Arc::clone(&self.status);
             let lost = lost.clone();
             // A spawned `Connection` drops notifications; polling messages ourselves
             // both drives the connection and receives them.
             tokio::spawn(async move {
                 loop {
                     match poll_fn(|cx| connection.poll_message(cx)).await {
-                        // Marked at once, not after a read: a request that arrives
-                        // before the next catalog read must not trust the old copy.
-                        Some(Ok(AsyncMessage::Notification(n)))
-                            if n.channel() == catalog::CHANNEL =>
-                        {
-                            status.catalog.ring()
-                        }
                         Some(Ok(AsyncMessage::Notification(_))) => doorbell.notify_one(),
                         Some(Ok(_)) => {}
                         Some(Err(err)) => {
@@ -283,10 +275,7 @@ impl Source {
         if self.mode == SourceMode::Poll {
             return Ok(SourceMode::Poll);
         }
-        let listen = with_timeout(
-            client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {}", catalog::CHANNEL)),
-        )
-        .await;
+        let listen = with_timeout(client.batch_execute(&format!("LISTEN {CHANNEL}"))).await;
         match (self.mode, listen) {
             (SourceMode::Notify, Err(err)) => return Err(err),
             (SourceMode::Notify, Ok(())) => return Ok(SourceMode::Notify),
@@ -312,7 +301,7 @@ impl Source {
                 poll_interval = ?self.poll_interval,
                 "LISTEN/NOTIFY does not work on this connection (a pooler in transaction mode?); polling instead"
             );
-            let _ = with_timeout(client.batch_execute("UNLISTEN *")).await;
+            let _ = with_timeout(client.batch_execute(&format!("UNLISTEN {CHANNEL}"))).await;
             Ok(SourceMode::Poll)
         }
     }
