@@ -215,14 +215,6 @@ impl Deadline {
     }
 }
 
-/// Connects within `limit` (see [`Deadline::connect`]).
-pub async fn connect_within(
-    target: &DbTarget,
-    limit: Duration,
-) -> Result<tokio_postgres::Client, DbError> {
-    Deadline::after(limit).connect(target).await
-}
-
 /// Applies or checks the schema, as `config.migrate` says, by `deadline`.
 pub async fn prepare_schema(
     target: &DbTarget,
