@@ -1,5 +1,6 @@
-//! Everything that talks to PostgreSQL: connecting (TLS), the pool, migrations, the
-//! embedded private server, the change-log queries and the source task.
+//! Everything that talks to PostgreSQL: connecting (TLS, every step under a deadline),
+//! the pool, migrations, the embedded private server, the change-log queries, the
+//! catalog of tracked tables and the source task.
 
 pub mod catalog;
 pub mod changes;
