@@ -5,11 +5,8 @@
 //! carry the path only). A JWT's `tables` claim, when present, limits what its holder
 //! may read and subscribe to.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use ring::hmac;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 
 /// How clients prove who they are.
@@ -20,7 +17,47 @@ pub enum Auth {
     /// `Authorization: Bearer <token>` with this exact token.
     Token(String),
     /// A JWT signed with HS256 under this key.
-    Jwt(hmac::Key),
+    Jwt(Box<JwtVerifier>),
+}
+
+/// Checks HS256 JWTs under one secret.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    /// The HMAC secret.
+    key: DecodingKey,
+    /// HS256 only (a token naming another algorithm, `none` included, is refused),
+    /// `exp` and `nbf` checked without leeway when present, neither required.
+    validation: Validation,
+}
+
+impl JwtVerifier {
+    /// A verifier for tokens signed with `secret`.
+    pub fn new(secret: &str) -> JwtVerifier {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        JwtVerifier {
+            key: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    /// Verifies a token's algorithm, signature and times, and reads its grant.
+    pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
+        match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
+            Ok(data) => Ok(Grant {
+                tables: data.claims.tables,
+            }),
+            Err(err) => match err.kind() {
+                ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => {
+                    Err(AuthError::Expired)
+                }
+                _ => Err(AuthError::Invalid),
+            },
+        }
+    }
 }
 
 impl std::fmt::Debug for Auth {
@@ -69,15 +106,9 @@ pub enum AuthError {
     Expired,
 }
 
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
-}
-
+/// The claims rowcast reads (the library reads `exp` and `nbf` itself).
 #[derive(Deserialize)]
 struct Claims {
-    exp: Option<f64>,
-    nbf: Option<f64>,
     tables: Option<Vec<String>>,
 }
 
@@ -85,7 +116,7 @@ impl Auth {
     /// Chooses the mode from the configured token and JWT secret (the secret wins).
     pub fn new(token: Option<String>, jwt_secret: Option<String>) -> Auth {
         match (jwt_secret, token) {
-            (Some(secret), _) => Auth::Jwt(hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())),
+            (Some(secret), _) => Auth::Jwt(Box::new(JwtVerifier::new(&secret))),
             (None, Some(token)) => Auth::Token(token),
             (None, None) => Auth::Off,
         }
@@ -108,7 +139,7 @@ impl Auth {
                     Err(AuthError::Invalid)
                 }
             }
-            Auth::Jwt(key) => verify_jwt(key, presented.ok_or(AuthError::Missing)?, now()),
+            Auth::Jwt(verifier) => verifier.verify(presented.ok_or(AuthError::Missing)?),
         }
     }
 }
@@ -141,51 +172,18 @@ pub fn bearer(header: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Verifies an HS256 JWT at time `now` (seconds since the epoch).
-pub fn verify_jwt(key: &hmac::Key, token: &str, now: f64) -> Result<Grant, AuthError> {
-    let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(AuthError::Invalid);
-    };
-    let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| AuthError::Invalid);
-    let header: Header =
-        serde_json::from_slice(&decode(header)?).map_err(|_| AuthError::Invalid)?;
-    if header.alg != "HS256" {
-        return Err(AuthError::Invalid);
-    }
-    let signed = &token[..token.len() - signature.len() - 1];
-    hmac::verify(key, signed.as_bytes(), &decode(signature)?).map_err(|_| AuthError::Invalid)?;
-    let claims: Claims =
-        serde_json::from_slice(&decode(payload)?).map_err(|_| AuthError::Invalid)?;
-    if claims.exp.is_some_and(|exp| now >= exp) || claims.nbf.is_some_and(|nbf| now < nbf) {
-        return Err(AuthError::Expired);
-    }
-    Ok(Grant {
-        tables: claims.tables,
-    })
-}
-
 /// Signs claims as an HS256 JWT (for tests and for operators minting tokens).
 pub fn sign_jwt(secret: &str, claims: &serde_json::Value) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let signed = format!("{header}.{payload}");
-    let signature = URL_SAFE_NO_PAD.encode(hmac::sign(&key, signed.as_bytes()));
-    format!("{signed}.{signature}")
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HMAC signing of JSON claims cannot fail")
 }
 
 #[cfg(test)]
@@ -202,33 +200,87 @@ mod tests {
         assert!(Auth::new(None, None).verify(None).is_ok());
     }
 
+    /// Seconds since the epoch, for `exp` and `nbf`.
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// `token` with its header part replaced (the signature left as it was).
+    fn with_header(token: &str, header: &str) -> String {
+        let (_, rest) = token.split_once('.').unwrap();
+        format!("{header}.{rest}")
+    }
+
+    /// base64url of `{"alg":"none","typ":"JWT"}` and of the same with RS256 and HS384.
+    const NONE: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
+    const RS256: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9";
+    const HS384: &str = "eyJhbGciOiJIUzM4NCIsInR5cCI6IkpXVCJ9";
+
     #[test]
-    fn jwts_are_checked_for_signature_algorithm_and_expiry() {
-        let auth = Auth::new(None, Some("k".into()));
-        let Auth::Jwt(key) = &auth else {
-            unreachable!()
-        };
-        let good = sign_jwt("k", &json!({"exp": 2000.0, "tables": ["orders"]}));
+    fn a_good_jwt_grants_its_tables_claim() {
+        let jwt = JwtVerifier::new("k");
+        let scoped = sign_jwt("k", &json!({"exp": now() + 600, "tables": ["orders"]}));
         assert_eq!(
-            verify_jwt(key, &good, 1000.0),
+            jwt.verify(&scoped),
             Ok(Grant {
                 tables: Some(vec!["orders".into()])
             })
         );
-        assert_eq!(verify_jwt(key, &good, 2000.0), Err(AuthError::Expired));
-        let other_key = sign_jwt("not-k", &json!({}));
-        assert_eq!(verify_jwt(key, &other_key, 0.0), Err(AuthError::Invalid));
-        let unsigned = format!(
-            "{}.{}.",
-            URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
-            URL_SAFE_NO_PAD.encode(b"{}")
-        );
-        assert_eq!(verify_jwt(key, &unsigned, 0.0), Err(AuthError::Invalid));
-        for garbage in ["", "a.b", "a.b.c.d", "!!.!!.!!"] {
-            assert_eq!(verify_jwt(key, garbage, 0.0), Err(AuthError::Invalid));
+        let unscoped = sign_jwt("k", &json!({}));
+        assert_eq!(jwt.verify(&unscoped), Ok(Grant::all()));
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_jwts_are_refused_as_expired() {
+        let jwt = JwtVerifier::new("k");
+        let expired = sign_jwt("k", &json!({"exp": now() - 2}));
+        assert_eq!(jwt.verify(&expired), Err(AuthError::Expired));
+        let not_yet = sign_jwt("k", &json!({"nbf": now() + 600}));
+        assert_eq!(jwt.verify(&not_yet), Err(AuthError::Expired));
+        let started = sign_jwt("k", &json!({"nbf": now() - 2, "exp": now() + 600}));
+        assert!(jwt.verify(&started).is_ok());
+    }
+
+    #[test]
+    fn a_jwt_signed_with_another_secret_is_invalid() {
+        let jwt = JwtVerifier::new("k");
+        let forged = sign_jwt("not-k", &json!({"exp": now() + 600}));
+        assert_eq!(jwt.verify(&forged), Err(AuthError::Invalid));
+        let good = sign_jwt("k", &json!({"exp": now() + 600}));
+        let (signed, signature) = good.rsplit_once('.').unwrap();
+        let flipped = if signature.starts_with('A') { "B" } else { "A" };
+        let tampered = format!("{signed}.{flipped}{}", &signature[1..]);
+        assert_eq!(jwt.verify(&tampered), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn jwts_naming_another_algorithm_are_invalid_even_when_the_hmac_matches() {
+        let jwt = JwtVerifier::new("k");
+        let good = sign_jwt("k", &json!({"exp": now() + 600}));
+        for header in [NONE, RS256, HS384] {
+            assert_eq!(
+                jwt.verify(&with_header(&good, header)),
+                Err(AuthError::Invalid),
+                "{header}"
+            );
         }
-        let not_yet = sign_jwt("k", &json!({"nbf": 5000}));
-        assert_eq!(verify_jwt(key, &not_yet, 1000.0), Err(AuthError::Expired));
+        // `alg: none` with the signature left empty, the classic downgrade.
+        let none = with_header(&good, NONE);
+        let (unsigned, _) = none.rsplit_once('.').unwrap();
+        assert_eq!(jwt.verify(&format!("{unsigned}.")), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn malformed_jwts_are_invalid() {
+        let jwt = JwtVerifier::new("k");
+        for garbage in ["", "a.b", "a.b.c.d", "!!.!!.!!", "a.b.c"] {
+            assert_eq!(jwt.verify(garbage), Err(AuthError::Invalid), "{garbage}");
+        }
+        let auth = Auth::new(None, Some("k".into()));
+        assert_eq!(auth.verify(None), Err(AuthError::Missing));
     }
 
     #[test]

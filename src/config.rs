@@ -1,13 +1,22 @@
 //! Configuration: command-line flags, their `ROWCAST_*` environment forms, and where
 //! the database is (`--database-url`, `DATABASE_URL`, libpq's `PG*`, embedded).
 //!
-//! The environment is read through the [`Environment`] trait so that tests pass a
-//! map instead of setting process variables.
+//! [`Config`] *is* the list of flags: clap derives the parser, the defaults and
+//! `--help` from its fields, so adding a flag is adding a field. Every long flag gets
+//! its environment form `ROWCAST_<FLAG>` by one rule ([`env_name`]), not per field.
+//! The environment is read through the [`Environment`] trait so that tests pass a map
+//! instead of setting process variables: its `ROWCAST_*` values are handed to clap
+//! as flags placed before the command line's (which therefore win), after a check
+//! that names the variable when its value is bad.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser};
 
 use crate::pg::connect::LIBPQ_VARS;
 use crate::pg::source::SourceMode;
@@ -15,32 +24,40 @@ use crate::pg::{DbError, DbTarget};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3001";
+/// Default source mode.
+pub const DEFAULT_SOURCE: &str = "auto";
 /// Default ring capacity (events kept in memory).
 pub const DEFAULT_RING_CAPACITY: usize = 65_536;
+/// Largest ring capacity accepted (the ring allocates its slots up front).
+pub const MAX_RING_CAPACITY: usize = 1 << 30;
 /// Default poll interval.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+pub const DEFAULT_POLL_INTERVAL: &str = "500ms";
 /// Default least time between two doorbell-woken reads.
-pub const DEFAULT_COALESCE: Duration = Duration::from_millis(2);
+pub const DEFAULT_COALESCE: &str = "2ms";
 /// Default heartbeat period.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+pub const DEFAULT_HEARTBEAT: &str = "15s";
 /// Default time a write may stay blocked before the client is dropped.
-pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_SEND_TIMEOUT: &str = "10s";
 /// Default drain deadline at shutdown.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "10s";
 /// Default retention of `change_log` rows.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_RETENTION: &str = "7d";
 /// Default period of the retention task (the design asks for at least once a minute).
-pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_RETENTION_INTERVAL: &str = "30s";
 /// Default time allowed for a request's headers to arrive (slowloris).
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
 /// Default SSE `retry:` hint for browsers.
-pub const DEFAULT_SSE_RETRY: Duration = Duration::from_secs(1);
+pub const DEFAULT_SSE_RETRY: &str = "1s";
 /// Default size of the database pool for REST calls and catch-up reads.
 pub const DEFAULT_POOL_SIZE: usize = 16;
+/// Largest pool accepted (a larger value is lowered to this).
+pub const MAX_POOL_SIZE: usize = 1000;
 /// Default limit of concurrent connections from one client IP.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1024;
 /// Default largest request head.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Smallest request head accepted (hyper's own buffer floor).
+pub const MIN_HEADER_BYTES: usize = 8192;
 /// Default largest REST body (the contract's 64 KiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Default largest WebSocket client message (the contract's 64 KiB).
@@ -71,11 +88,12 @@ impl Environment for HashMap<String, String> {
 }
 
 /// Where the database comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub enum Database {
     /// A URL or libpq variables named a server.
     Target(Box<DbTarget>),
     /// Nothing configured: localhost:5432 if it answers, else a private server.
+    #[default]
     Default,
 }
 
@@ -88,114 +106,129 @@ pub enum Command {
     Migrate(Config),
     /// Migrate if needed and insert sample orders into an empty `orders`.
     Seed(Config),
-    /// Print usage.
-    Help,
-    /// Print the version.
-    Version,
+    /// Print this text (the help or the version) and exit successfully.
+    Print(String),
 }
 
-/// The gateway's settings.
-#[derive(Debug, Clone)]
+/// The gateway's settings; each field is a flag (see `rowcast --help`).
+///
+/// The first line of each field's doc is its `--help` line.
+#[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN, value_parser = address)]
     pub listen: SocketAddr,
-    /// Where the database is.
+    /// Where the database is; set from `--database-url` and the environment after
+    /// parsing (see [`parse`]), so it is no flag of its own.
+    #[arg(skip)]
     pub database: Database,
-    /// How the source is woken.
+    /// How changes are noticed: LISTEN, polling, or LISTEN once a probe shows it works.
+    #[arg(long, value_name = "notify|poll|auto", default_value = DEFAULT_SOURCE,
+          value_parser = source_mode)]
     pub source: SourceMode,
     /// Poll period.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_POLL_INTERVAL,
+          value_parser = duration)]
     pub poll_interval: Duration,
-    /// Least time between two doorbell-woken reads (batches bursts).
+    /// Least time between two reads under a burst of doorbells (batches bursts).
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_COALESCE,
+          value_parser = duration)]
     pub coalesce: Duration,
-    /// Events kept in memory.
+    /// Events kept in memory for resuming clients (at least 1).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RING_CAPACITY,
+          value_parser = ring_capacity)]
     pub ring_capacity: usize,
-    /// Apply migrations at start-up.
+    /// Don't apply sql/ at start-up (a missing schema then ends the process).
+    #[arg(long = "no-migrate", action = ArgAction::SetFalse)]
     pub migrate: bool,
     /// Heartbeat period on streams.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_HEARTBEAT,
+          value_parser = duration)]
     pub heartbeat: Duration,
-    /// How long a write may stay blocked before the client is dropped.
+    /// Drop a client whose write stays blocked this long.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_SEND_TIMEOUT,
+          value_parser = duration)]
     pub send_timeout: Duration,
-    /// Drain deadline at shutdown.
+    /// Drain deadline on SIGINT/SIGTERM.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_SHUTDOWN_TIMEOUT,
+          value_parser = duration)]
     pub shutdown_timeout: Duration,
-    /// Age after which `change_log` rows are pruned.
+    /// Prune change_log rows older than this.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_RETENTION,
+          value_parser = duration)]
     pub retention: Duration,
-    /// Keep at most this many ids of history (optional).
+    /// Also keep at most N ids of history.
+    #[arg(long, value_name = "N", value_parser = count::<u64>)]
     pub retention_rows: Option<u64>,
-    /// How often the retention task runs; short in tests, so pruning can be awaited.
+    /// How often retention runs; short in tests, so pruning can be awaited.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_RETENTION_INTERVAL,
+          value_parser = duration)]
     pub retention_interval: Duration,
-    /// Time allowed for request headers.
+    /// Time allowed for a request's headers to arrive.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_HEADER_TIMEOUT,
+          value_parser = duration)]
     pub header_timeout: Duration,
-    /// The SSE `retry:` hint.
+    /// SSE retry hint for browsers.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_SSE_RETRY,
+          value_parser = duration)]
     pub sse_retry: Duration,
-    /// Connections in the database pool.
+    /// Database connections for REST and catch-up reads (at most 1000).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_POOL_SIZE, value_parser = pool_size)]
     pub pool_size: usize,
-    /// Most concurrent client connections (`None`: derived from the descriptor limit).
+    /// Client connection limit [default: from the file descriptor limit].
+    #[arg(long, value_name = "N", value_parser = count::<usize>)]
     pub max_connections: Option<usize>,
-    /// Most concurrent connections from one client IP.
+    /// Connections from one client IP.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP,
+          value_parser = count::<usize>)]
     pub max_connections_per_ip: usize,
-    /// Largest request head in bytes (hyper's buffer; at least 8192).
+    /// Largest request head in bytes, at least 8192 (hyper's buffer).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_HEADER_BYTES,
+          value_parser = header_bytes)]
     pub max_header_bytes: usize,
     /// Largest REST request body in bytes.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BODY_BYTES,
+          value_parser = count::<usize>)]
     pub max_body_bytes: usize,
-    /// Largest WebSocket message (and frame) a client may send.
+    /// Largest WebSocket message (and frame) a client may send, in bytes.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_WS_MAX_MESSAGE,
+          value_parser = count::<usize>)]
     pub ws_max_message: usize,
-    /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
+    /// Comma-separated origins allowed by CORS, or *; none: no CORS headers.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = origin)]
     pub cors_origins: Vec<String>,
-    /// Where the embedded server keeps its data.
+    /// The private server's data directory.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// A static bearer token; turns authentication on.
+    /// Require `Authorization: Bearer TOKEN` (or ?access_token=) for writes.
+    #[arg(long, value_name = "TOKEN", value_parser = secret)]
     pub auth_token: Option<String>,
-    /// The HS256 secret for JWTs; turns authentication on (and wins over a token).
+    /// Require an HS256 JWT signed with SECRET instead (prefer ROWCAST_JWT_SECRET:
+    /// flags show in `ps`).
+    #[arg(long, value_name = "SECRET", value_parser = secret)]
     pub jwt_secret: Option<String>,
     /// Require the credential for streams and REST reads too, not only for writes.
+    #[arg(long)]
     pub auth_streams: bool,
 }
 
 impl Default for Config {
+    /// The defaults of every flag, as `rowcast` with no flags and no environment.
     fn default() -> Config {
-        Config {
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()),
-            database: Database::Default,
-            source: SourceMode::Auto,
-            poll_interval: DEFAULT_POLL_INTERVAL,
-            coalesce: DEFAULT_COALESCE,
-            ring_capacity: DEFAULT_RING_CAPACITY,
-            migrate: true,
-            heartbeat: DEFAULT_HEARTBEAT,
-            send_timeout: DEFAULT_SEND_TIMEOUT,
-            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            retention: DEFAULT_RETENTION,
-            retention_rows: None,
-            retention_interval: DEFAULT_RETENTION_INTERVAL,
-            header_timeout: DEFAULT_HEADER_TIMEOUT,
-            sse_retry: DEFAULT_SSE_RETRY,
-            pool_size: DEFAULT_POOL_SIZE,
-            max_connections: None,
-            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
-            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            ws_max_message: DEFAULT_WS_MAX_MESSAGE,
-            cors_origins: Vec::new(),
-            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
-            auth_token: None,
-            jwt_secret: None,
-            auth_streams: false,
-        }
+        let command = Config::augment_args(clap::Command::new("rowcast"));
+        let matches = command
+            .try_get_matches_from(["rowcast"])
+            .expect("the default of every flag parses (config unit tests check)");
+        Config::from_arg_matches(&matches).expect("defaults fill every field")
     }
 }
 
 /// A flag or variable that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// Not a flag we know.
-    #[error("unknown flag `{0}` (see `rowcast --help`)")]
-    UnknownFlag(String),
-    /// Not a subcommand we know.
-    #[error("unknown command `{0}` (expected serve, migrate or seed)")]
-    UnknownCommand(String),
-    /// A flag without its value.
-    #[error("`{0}` needs a value")]
-    MissingValue(String),
+    /// The command line could not be parsed (clap's reason, on one line).
+    #[error("{0}")]
+    Usage(String),
     /// A value that breaks the flag's rule.
     #[error("invalid {origin}: {message}")]
     Invalid {
@@ -209,292 +242,260 @@ pub enum ConfigError {
     Database(#[from] DbError),
 }
 
-/// The usage text.
-pub const USAGE: &str = "\
-rowcast — pushes PostgreSQL row changes to clients over WebSocket and SSE
+/// rowcast — pushes PostgreSQL row changes to clients over WebSocket and SSE.
+#[derive(Parser)]
+#[command(
+    name = "rowcast",
+    version,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true,
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    /// What to run; `serve` when none is named.
+    #[command(subcommand)]
+    job: Option<Job>,
+    /// The flags of `serve` given without the subcommand.
+    #[command(flatten)]
+    run: Run,
+}
 
-USAGE:
-    rowcast [serve] [FLAGS]     run the gateway (the default)
-    rowcast migrate [FLAGS]     apply the migrations in sql/ and exit
-    rowcast seed [FLAGS]        migrate if needed, insert sample orders into an empty table
+const AFTER_HELP: &str = "\
+Every flag also has an environment form ROWCAST_<FLAG> (--ring-capacity → \
+ROWCAST_RING_CAPACITY); flags win. Booleans in the environment are true, false, 1 or 0.
+The database URL is taken from --database-url, ROWCAST_DATABASE_URL, DATABASE_URL, \
+libpq's PG* variables, else localhost:5432 if it answers, else a private server \
+started from the local PostgreSQL binaries.
+Durations carry a unit: 500ms, 15s, 5m, 2h, 7d. Logs go to stderr (RUST_LOG=debug for more).";
 
-FLAGS (each also ROWCAST_<FLAG>, e.g. --ring-capacity → ROWCAST_RING_CAPACITY):
-    --listen ADDR               address to listen on [default: 127.0.0.1:3001]
-    --database-url URL          PostgreSQL URL [else DATABASE_URL, else PG* variables,
-                                else localhost:5432 if it answers, else a private server]
-    --source notify|poll|auto   how changes are noticed [default: auto]
-    --poll-interval DURATION    poll period [default: 500ms]
-    --coalesce DURATION         least time between reads under a burst [default: 2ms]
-    --ring-capacity N           events kept in memory [default: 65536]
-    --no-migrate                don't apply sql/ at start-up
-    --heartbeat DURATION        stream heartbeat period [default: 15s]
-    --send-timeout DURATION     drop a client whose write stays blocked this long [default: 10s]
-    --shutdown-timeout DURATION drain deadline on SIGINT/SIGTERM [default: 10s]
-    --retention DURATION        prune change_log rows older than this [default: 7d]
-    --retention-rows N          also keep at most N ids of history
-    --retention-interval DURATION
-                                how often retention runs [default: 30s]
-    --header-timeout DURATION   time allowed for request headers [default: 10s]
-    --sse-retry DURATION        SSE retry hint for browsers [default: 1s]
-    --pool-size N               database connections for REST and catch-up [default: 16]
-    --max-connections N         client connection limit [default: from the file limit]
-    --max-connections-per-ip N  connections from one client IP [default: 1024]
-    --max-header-bytes N        largest request head, at least 8192 [default: 65536]
-    --max-body-bytes N          largest REST request body [default: 65536]
-    --ws-max-message N          largest WebSocket client message [default: 65536]
-    --cors-origins LIST         comma-separated allowed origins, or *
-    --data-dir DIR              the private server's data directory [default: .rowcast]
-    --auth-token TOKEN          require `Authorization: Bearer TOKEN` (or ?access_token=) for writes
-    --jwt-secret SECRET         require an HS256 JWT signed with SECRET instead (prefer the
-                                environment form ROWCAST_JWT_SECRET: flags show in `ps`)
-    --auth-streams              require the credential for streams and REST reads too
-    -h, --help                  this text
-    -V, --version               the version
+#[derive(clap::Subcommand)]
+enum Job {
+    /// Run the gateway (the default).
+    Serve(Run),
+    /// Apply the migrations in sql/ and exit.
+    Migrate(Run),
+    /// Migrate if needed, insert sample orders into an empty table, and exit.
+    Seed(Run),
+}
 
-DURATIONS carry a unit: 500ms, 15s, 5m, 2h, 7d. Logs go to stderr (RUST_LOG=debug for more).
-";
+/// The flags every subcommand takes.
+#[derive(Args)]
+struct Run {
+    /// PostgreSQL URL [else DATABASE_URL, PG* variables, the embedded default].
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// Everything else.
+    #[command(flatten)]
+    config: Config,
+}
 
-/// Every flag that takes a value, with its environment name.
-const VALUE_FLAGS: &[&str] = &[
-    "listen",
-    "database-url",
-    "source",
-    "poll-interval",
-    "coalesce",
-    "ring-capacity",
-    "heartbeat",
-    "send-timeout",
-    "shutdown-timeout",
-    "retention",
-    "retention-rows",
-    "retention-interval",
-    "header-timeout",
-    "sse-retry",
-    "pool-size",
-    "max-connections",
-    "cors-origins",
-    "data-dir",
-    "max-connections-per-ip",
-    "max-header-bytes",
-    "max-body-bytes",
-    "ws-max-message",
-    "auth-token",
-    "jwt-secret",
-];
-const BOOL_FLAGS: &[&str] = &["no-migrate", "auth-streams"];
+/// The environment form of a long flag: `ring-capacity` → `ROWCAST_RING_CAPACITY`.
+pub fn env_name(long: &str) -> String {
+    format!("ROWCAST_{}", long.replace('-', "_").to_ascii_uppercase())
+}
 
-fn env_name(flag: &str) -> String {
-    format!("ROWCAST_{}", flag.replace('-', "_").to_ascii_uppercase())
+/// The parser, every long flag showing its environment form in `--help`.
+///
+/// Only `--help` reads through it: clap would read the environment itself, and
+/// [`parse`] reads it through an [`Environment`] instead.
+fn command() -> clap::Command {
+    fn env_forms(command: clap::Command) -> clap::Command {
+        command
+            .mut_args(|arg| match arg.get_long().map(env_name) {
+                Some(name) if !matches!(arg.get_id().as_str(), "help" | "version") => {
+                    arg.env(name).hide_env_values(true)
+                }
+                _ => arg,
+            })
+            .mut_subcommands(env_forms)
+    }
+    env_forms(Cli::command())
 }
 
 /// Parses the command line (without the program name) and the environment.
-pub fn parse(args: &[String], env: &dyn Environment) -> Result<Command, ConfigError> {
-    let mut args = args.iter().peekable();
-    let mut subcommand = "serve";
-    if let Some(first) = args.peek() {
-        if !first.starts_with('-') {
-            subcommand = match first.as_str() {
-                "serve" => "serve",
-                "migrate" => "migrate",
-                "seed" => "seed",
-                other => return Err(ConfigError::UnknownCommand(other.to_owned())),
+pub fn parse<I, T>(args: I, env: &dyn Environment) -> Result<Command, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let parser = Cli::command();
+    let job = args
+        .first()
+        .and_then(|first| first.to_str())
+        .filter(|first| parser.find_subcommand(first).is_some());
+    let scope = job
+        .and_then(|name| parser.find_subcommand(name))
+        .unwrap_or(&parser);
+    let from_env = environment_flags(scope, &args, env)?;
+    let mut argv: Vec<OsString> = vec!["rowcast".into()];
+    argv.extend(job.map(OsString::from));
+    argv.extend(from_env.iter().map(|flag| flag.flag.clone()));
+    argv.extend(args.iter().skip(usize::from(job.is_some())).cloned());
+    let matches = match parser.try_get_matches_from(&argv) {
+        Ok(matches) => matches,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            // Rendered again by the parser that shows the environment forms.
+            let shown = std::iter::once(OsString::from("rowcast")).chain(args);
+            let text = match command().try_get_matches_from(shown) {
+                Err(help) => help.render().to_string(),
+                Ok(_) => err.render().to_string(),
             };
-            args.next();
+            return Ok(Command::Print(text));
         }
-    }
-    // Flags given on the command line; they win over the environment.
-    let mut given: HashMap<&'static str, String> = HashMap::new();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            _ => {}
-        }
-        let Some(body) = arg.strip_prefix("--") else {
-            return Err(ConfigError::UnknownFlag(arg.clone()));
-        };
-        let (name, inline) = match body.split_once('=') {
-            Some((name, value)) => (name, Some(value.to_owned())),
-            None => (body, None),
-        };
-        if let Some(flag) = BOOL_FLAGS.iter().find(|f| **f == name) {
-            if inline.is_some() {
-                return Err(ConfigError::Invalid {
-                    origin: format!("--{name}"),
-                    message: "takes no value".into(),
-                });
-            }
-            given.insert(flag, "true".into());
-        } else if let Some(flag) = VALUE_FLAGS.iter().find(|f| **f == name) {
-            let value = match inline {
-                Some(value) => value,
-                None => args
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| ConfigError::MissingValue(format!("--{name}")))?,
-            };
-            given.insert(flag, value);
-        } else {
-            return Err(ConfigError::UnknownFlag(arg.clone()));
-        }
-    }
-    let lookup = |flag: &'static str| -> Option<(String, String)> {
-        if let Some(value) = given.get(flag) {
-            return Some((format!("--{flag}"), value.clone()));
-        }
-        let name = env_name(flag);
-        env.var(&name)
-            .map(|value| (format!("{name}={value:?}"), value))
+        Err(err) => return Err(usage_error(&err, &from_env)),
     };
-    let config = build(&lookup, env)?;
-    Ok(match subcommand {
-        "migrate" => Command::Migrate(config),
-        "seed" => Command::Seed(config),
-        _ => Command::Serve(config),
+    let cli = Cli::from_arg_matches(&matches).map_err(|err| usage_error(&err, &from_env))?;
+    Ok(match cli.job {
+        None => Command::Serve(cli.run.resolve(env)?),
+        Some(Job::Serve(run)) => Command::Serve(run.resolve(env)?),
+        Some(Job::Migrate(run)) => Command::Migrate(run.resolve(env)?),
+        Some(Job::Seed(run)) => Command::Seed(run.resolve(env)?),
     })
 }
 
-fn build(
-    lookup: &dyn Fn(&'static str) -> Option<(String, String)>,
-    env: &dyn Environment,
-) -> Result<Config, ConfigError> {
-    let mut config = Config::default();
-    let invalid = |origin: String, message: &str| ConfigError::Invalid {
-        origin,
-        message: message.to_owned(),
-    };
-    if let Some((origin, value)) = lookup("listen") {
-        config.listen = value
-            .parse()
-            .map_err(|_| invalid(origin, "expected an address like 127.0.0.1:3001"))?;
-    }
-    config.database = match lookup("database-url")
-        .map(|(_, v)| v)
-        .or_else(|| env.var("DATABASE_URL"))
-    {
-        Some(url) => Database::Target(Box::new(DbTarget::from_url(&url)?)),
-        None if LIBPQ_VARS.iter().any(|v| env.var(v).is_some()) => {
-            Database::Target(Box::new(DbTarget::from_libpq_env(|name| env.var(name))?))
-        }
-        None => Database::Default,
-    };
-    if let Some((origin, value)) = lookup("source") {
-        config.source = SourceMode::parse(&value)
-            .ok_or_else(|| invalid(origin, "expected notify, poll or auto"))?;
-    }
-    let duration = |flag: &'static str, default: Duration| -> Result<Duration, ConfigError> {
-        match lookup(flag) {
-            Some((origin, value)) => parse_duration(&value).map_err(|m| invalid(origin, m)),
-            None => Ok(default),
-        }
-    };
-    config.poll_interval = duration("poll-interval", config.poll_interval)?;
-    config.coalesce = duration("coalesce", config.coalesce)?;
-    config.heartbeat = duration("heartbeat", config.heartbeat)?;
-    config.send_timeout = duration("send-timeout", config.send_timeout)?;
-    config.shutdown_timeout = duration("shutdown-timeout", config.shutdown_timeout)?;
-    config.retention = duration("retention", config.retention)?;
-    config.retention_interval = duration("retention-interval", config.retention_interval)?;
-    config.header_timeout = duration("header-timeout", config.header_timeout)?;
-    config.sse_retry = duration("sse-retry", config.sse_retry)?;
-    let count = |flag: &'static str| -> Result<Option<u64>, ConfigError> {
-        match lookup(flag) {
-            Some((origin, value)) => match value.parse::<u64>() {
-                Ok(n) if n >= 1 => Ok(Some(n)),
-                _ => Err(invalid(origin, "expected a whole number, at least 1")),
-            },
-            None => Ok(None),
-        }
-    };
-    if let Some(n) = count("ring-capacity")? {
-        config.ring_capacity = usize::try_from(n)
-            .ok()
-            .filter(|n| *n <= 1 << 30)
-            .ok_or_else(|| invalid("--ring-capacity".into(), "at most 1073741824"))?;
-    }
-    config.retention_rows = count("retention-rows")?;
-    if let Some(n) = count("pool-size")? {
-        config.pool_size = n.min(1000) as usize;
-    }
-    config.max_connections = count("max-connections")?.map(|n| n as usize);
-    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    if let Some(n) = count("max-connections-per-ip")? {
-        config.max_connections_per_ip = size(n);
-    }
-    if let Some(n) = count("max-header-bytes")? {
-        if n < 8192 {
-            return Err(invalid("--max-header-bytes".into(), "at least 8192"));
-        }
-        config.max_header_bytes = size(n);
-    }
-    if let Some(n) = count("max-body-bytes")? {
-        config.max_body_bytes = size(n);
-    }
-    if let Some(n) = count("ws-max-message")? {
-        config.ws_max_message = size(n);
-    }
-    if let Some((origin, value)) = lookup("no-migrate") {
-        config.migrate =
-            !parse_bool(&value).ok_or_else(|| invalid(origin, "expected true, false, 1 or 0"))?;
-    }
-    if let Some((_, value)) = lookup("cors-origins") {
-        config.cors_origins = value
-            .split(',')
-            .map(str::trim)
-            .filter(|o| !o.is_empty())
-            .map(str::to_owned)
-            .collect();
-    }
-    if let Some((_, value)) = lookup("data-dir") {
-        config.data_dir = PathBuf::from(value);
-    }
-    let secret = |flag: &'static str| -> Result<Option<String>, ConfigError> {
-        match lookup(flag) {
-            Some((origin, value)) if value.is_empty() => Err(invalid(origin, "must not be empty")),
-            Some((_, value)) => Ok(Some(value)),
-            None => Ok(None),
-        }
-    };
-    config.auth_token = secret("auth-token")?;
-    config.jwt_secret = secret("jwt-secret")?;
-    if let Some((origin, value)) = lookup("auth-streams") {
-        config.auth_streams =
-            parse_bool(&value).ok_or_else(|| invalid(origin, "expected true, false, 1 or 0"))?;
-    }
-    if config.auth_streams && config.auth_token.is_none() && config.jwt_secret.is_none() {
-        return Err(invalid(
-            "--auth-streams".into(),
-            "needs --auth-token or --jwt-secret (ROWCAST_JWT_SECRET)",
-        ));
-    }
-    Ok(config)
+/// A `ROWCAST_*` variable handed to clap as a flag.
+struct EnvFlag {
+    /// `--ring-capacity`: how clap names it in an error.
+    long: String,
+    /// `ROWCAST_RING_CAPACITY="0"`: how the error should name it instead.
+    origin: String,
+    /// `--ring-capacity=0`, or `--no-migrate` for a true boolean.
+    flag: OsString,
 }
 
-/// Parses a duration with a unit: `500ms`, `15s`, `5m`, `2h`, `7d`. A bare number or
-/// zero is refused.
-pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or("needs a unit (ms, s, m, h or d), e.g. 500ms or 15s")?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| "expected a whole number with a unit, e.g. 500ms or 15s")?;
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err("unknown unit (use ms, s, m, h or d)"),
+/// The `ROWCAST_*` variables of flags absent from the command line, as flags.
+fn environment_flags(
+    scope: &clap::Command,
+    args: &[OsString],
+    env: &dyn Environment,
+) -> Result<Vec<EnvFlag>, ConfigError> {
+    let typed = |flag: &str| {
+        args.iter().filter_map(|a| a.to_str()).any(|a| {
+            a == flag
+                || a.strip_prefix(flag)
+                    .is_some_and(|rest| rest.starts_with('='))
+        })
     };
-    if number == 0 {
-        return Err("must be greater than zero");
+    let mut flags = Vec::new();
+    for arg in scope.get_arguments() {
+        let Some(long) = arg.get_long().map(|long| format!("--{long}")) else {
+            continue;
+        };
+        let name = env_name(&long[2..]);
+        let Some(value) = env.var(&name).filter(|_| !typed(&long)) else {
+            continue;
+        };
+        let origin = format!("{name}={value:?}");
+        let flag = if arg.get_action().takes_values() {
+            format!("{long}={value}")
+        } else {
+            match parse_bool(&value) {
+                Some(true) => long.clone(),
+                Some(false) => continue,
+                None => {
+                    return Err(ConfigError::Invalid {
+                        origin,
+                        message: "expected true, false, 1 or 0".into(),
+                    })
+                }
+            }
+        };
+        flags.push(EnvFlag {
+            long,
+            origin,
+            flag: flag.into(),
+        });
     }
-    number
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or("too large")
+    Ok(flags)
+}
+
+impl Run {
+    /// The configuration, with the database found from the flag or the environment.
+    fn resolve(self, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let mut config = self.config;
+        config.database = match self.database_url.or_else(|| env.var("DATABASE_URL")) {
+            Some(url) => Database::Target(Box::new(DbTarget::from_url(&url)?)),
+            None if LIBPQ_VARS.iter().any(|v| env.var(v).is_some()) => {
+                Database::Target(Box::new(DbTarget::from_libpq_env(|name| env.var(name))?))
+            }
+            None => Database::Default,
+        };
+        config.cors_origins.retain(|origin| !origin.is_empty());
+        if config.auth_streams && config.auth_token.is_none() && config.jwt_secret.is_none() {
+            return Err(ConfigError::Invalid {
+                origin: "--auth-streams".into(),
+                message: "needs --auth-token or --jwt-secret (ROWCAST_JWT_SECRET)".into(),
+            });
+        }
+        Ok(config)
+    }
+}
+
+/// One line for a refused command line (clap's own message spans several), naming
+/// the environment variable when the bad value came from one.
+fn usage_error(err: &clap::Error, from_env: &[EnvFlag]) -> ConfigError {
+    let context = |kind| match err.get(kind) {
+        Some(ContextValue::String(text)) => Some(text.clone()),
+        _ => None,
+    };
+    let flag = || context(ContextKind::InvalidArg).unwrap_or_default();
+    ConfigError::Usage(match err.kind() {
+        ErrorKind::UnknownArgument => {
+            format!("unknown flag `{}` (see `rowcast --help`)", flag())
+        }
+        ErrorKind::InvalidSubcommand => format!(
+            "unknown command `{}` (expected serve, migrate or seed)",
+            context(ContextKind::InvalidSubcommand).unwrap_or_default()
+        ),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+            let flag = flag();
+            let flag = flag.split(' ').next().unwrap_or_default();
+            if let Some(var) = from_env.iter().find(|var| var.long == flag) {
+                return ConfigError::Invalid {
+                    origin: var.origin.clone(),
+                    message: reason(err),
+                };
+            }
+            match context(ContextKind::InvalidValue) {
+                Some(value) if value.is_empty() => format!("`{flag}` needs a value"),
+                _ => format!("invalid {flag}: {}", reason(err)),
+            }
+        }
+        _ => first_line(err),
+    })
+}
+
+/// Why a value was refused: the value parser's message, else clap's first line.
+fn reason(err: &clap::Error) -> String {
+    match std::error::Error::source(err) {
+        Some(source) => source.to_string(),
+        None => first_line(err),
+    }
+}
+
+fn first_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+}
+
+/// Parses a duration with a unit (`500ms`, `15s`, `5m`, `2h`, `7d`, or humantime's
+/// longer forms such as `1h 30m`). A bare number or zero is refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim().bytes().all(|b| b.is_ascii_digit()) {
+        return Err("needs a unit (ms, s, m, h or d), e.g. 500ms or 15s".into());
+    }
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be greater than zero".into()),
+        Ok(duration) => Ok(duration),
+        Err(err) => Err(format!("{err} (write e.g. 500ms, 15s, 5m, 2h or 7d)")),
+    }
 }
 
 /// Parses an environment boolean: `true`/`false`/`1`/`0`.
@@ -506,6 +507,55 @@ pub fn parse_bool(text: &str) -> Option<bool> {
     }
 }
 
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+}
+
+fn address(text: &str) -> Result<SocketAddr, &'static str> {
+    text.parse()
+        .map_err(|_| "expected an address like 127.0.0.1:3001")
+}
+
+fn source_mode(text: &str) -> Result<SourceMode, &'static str> {
+    SourceMode::parse(text).ok_or("expected notify, poll or auto")
+}
+
+fn count<T: TryFrom<u64>>(text: &str) -> Result<T, &'static str> {
+    match text.parse::<u64>() {
+        Ok(n) if n >= 1 => T::try_from(n).map_err(|_| "too large"),
+        _ => Err("expected a whole number, at least 1"),
+    }
+}
+
+fn ring_capacity(text: &str) -> Result<usize, String> {
+    let n = count::<usize>(text)?;
+    if n > MAX_RING_CAPACITY {
+        return Err(format!("at most {MAX_RING_CAPACITY}"));
+    }
+    Ok(n)
+}
+
+fn pool_size(text: &str) -> Result<usize, &'static str> {
+    Ok(count::<usize>(text)?.min(MAX_POOL_SIZE))
+}
+
+fn header_bytes(text: &str) -> Result<usize, String> {
+    match count::<usize>(text)? {
+        n if n < MIN_HEADER_BYTES => Err(format!("at least {MIN_HEADER_BYTES}")),
+        n => Ok(n),
+    }
+}
+
+fn origin(text: &str) -> Result<String, std::convert::Infallible> {
+    Ok(text.trim().to_owned())
+}
+
+fn secret(text: &str) -> Result<String, &'static str> {
+    if text.is_empty() {
+        return Err("must not be empty");
+    }
+    Ok(text.to_owned())
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,8 +568,7 @@ mod tests {
     }
 
     fn serve(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        match parse(&args, &env(vars))? {
+        match parse(args, &env(vars))? {
             Command::Serve(config) => Ok(config),
             other => panic!("expected serve, got {other:?}"),
         }
@@ -532,7 +581,8 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
-        for bad in ["500", "0s", "0ms", "s", "1.5s", "-1s", "10 s", "1w", ""] {
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        for bad in ["500", "0s", "0ms", "s", "-1s", "1x", "", " 15 "] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
@@ -622,19 +672,111 @@ mod tests {
     }
 
     #[test]
-    fn subcommands() {
-        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    fn subcommands_take_the_same_flags_and_serve_is_the_default() {
         assert!(matches!(
-            parse(&args(&["migrate"]), &env(&[])),
+            parse(["migrate"], &env(&[])),
             Ok(Command::Migrate(_))
         ));
-        assert!(matches!(
-            parse(&args(&["seed", "--no-migrate"]), &env(&[])),
-            Ok(Command::Seed(_))
-        ));
-        assert!(matches!(
-            parse(&args(&["--help"]), &env(&[])),
-            Ok(Command::Help)
-        ));
+        let Ok(Command::Seed(seed)) = parse(["seed", "--no-migrate"], &env(&[])) else {
+            panic!("expected seed");
+        };
+        assert!(!seed.migrate);
+        let Ok(Command::Serve(serve)) = parse(
+            ["serve", "--ring-capacity", "4"],
+            &env(&[("ROWCAST_HEARTBEAT", "1s")]),
+        ) else {
+            panic!("expected serve");
+        };
+        assert_eq!(serve.ring_capacity, 4);
+        assert_eq!(serve.heartbeat, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn help_lists_every_flag_with_its_environment_form() {
+        let Ok(Command::Print(help)) = parse(["--help"], &env(&[])) else {
+            panic!("expected help");
+        };
+        let parser = Cli::command();
+        for arg in parser.get_arguments() {
+            let Some(long) = arg.get_long().filter(|l| !matches!(*l, "help" | "version")) else {
+                continue;
+            };
+            assert!(help.contains(&format!("--{long}")), "{long} missing");
+            assert!(help.contains(&env_name(long)), "{} missing", env_name(long));
+        }
+        assert!(matches!(parse(["-V"], &env(&[])), Ok(Command::Print(v)) if v.contains("rowcast")));
+    }
+
+    #[test]
+    fn the_defaults_are_the_named_constants() {
+        let config = Config::default();
+        assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(
+            config.poll_interval,
+            parse_duration(DEFAULT_POLL_INTERVAL).unwrap()
+        );
+        assert_eq!(config.coalesce, Duration::from_millis(2));
+        assert_eq!(config.heartbeat, Duration::from_secs(15));
+        assert_eq!(config.send_timeout, Duration::from_secs(10));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(config.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.sse_retry, Duration::from_secs(1));
+        assert_eq!(config.pool_size, DEFAULT_POOL_SIZE);
+        assert_eq!(config.max_connections, None);
+        assert_eq!(
+            config.max_connections_per_ip,
+            DEFAULT_MAX_CONNECTIONS_PER_IP
+        );
+        assert_eq!(config.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
+        assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(config.ws_max_message, DEFAULT_WS_MAX_MESSAGE);
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(config.cors_origins.is_empty() && config.auth_token.is_none());
+        assert!(config.jwt_secret.is_none() && !config.auth_streams);
+    }
+
+    #[test]
+    fn a_bad_environment_value_is_named_by_its_variable() {
+        let message = |vars: &[(&str, &str)]| serve(&[], vars).unwrap_err().to_string();
+        assert_eq!(
+            message(&[("ROWCAST_SOURCE", "sometimes")]),
+            "invalid ROWCAST_SOURCE=\"sometimes\": expected notify, poll or auto"
+        );
+        assert!(message(&[("ROWCAST_POLL_INTERVAL", "5")]).contains("ROWCAST_POLL_INTERVAL"));
+        assert!(message(&[("ROWCAST_AUTH_STREAMS", "on")]).contains("ROWCAST_AUTH_STREAMS"));
+        assert_eq!(
+            serve(&["--ring-capacity", "4"], &[("ROWCAST_RING_CAPACITY", "0")])
+                .unwrap()
+                .ring_capacity,
+            4,
+            "a flag wins over a bad variable"
+        );
+    }
+
+    #[test]
+    fn lists_and_secrets_from_flags_and_the_environment() {
+        let config = serve(
+            &["--auth-token", "t"],
+            &[
+                (
+                    "ROWCAST_CORS_ORIGINS",
+                    "https://a.example, https://b.example,",
+                ),
+                ("ROWCAST_AUTH_STREAMS", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config.cors_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert!(config.auth_streams);
+        assert!(serve(&["--auth-token", ""], &[]).is_err());
+        assert!(serve(&[], &[("ROWCAST_JWT_SECRET", "")]).is_err());
+        assert_eq!(
+            serve(&["--pool-size", "5000"], &[]).unwrap().pool_size,
+            MAX_POOL_SIZE
+        );
+        assert!(serve(&["--max-header-bytes", "8191"], &[]).is_err());
     }
 }

@@ -10,8 +10,7 @@ use rowcast::pg::migrate;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match config::parse(&args, &config::ProcessEnv) {
+    let command = match config::parse(std::env::args_os().skip(1), &config::ProcessEnv) {
         Ok(command) => command,
         Err(err) => return fail(&err),
     };
@@ -31,12 +30,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match command {
-            Command::Help => {
-                print!("{}", config::USAGE);
-                Ok(())
-            }
-            Command::Version => {
-                println!("rowcast {}", env!("CARGO_PKG_VERSION"));
+            Command::Print(text) => {
+                print!("{text}");
                 Ok(())
             }
             Command::Serve(config) => serve(config).await,
