@@ -280,6 +280,7 @@ enum Job {
 
 /// The flags every subcommand takes.
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 struct Run {
     /// PostgreSQL URL [else DATABASE_URL, PG* variables, the embedded default].
     #[arg(long, value_name = "URL")]

@@ -1,115 +1,106 @@
-//! Command-line flags.
+//! Command-line flags, parsed by clap from the [`Options`] fields.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Usage text.
-pub const USAGE: &str = "\
-rowcast-load: many WebSocket/SSE clients against a running rowcast gateway, paced
-writes into a tracked table, every delivery verified, latency percentiles.
+use clap::Parser;
 
-USAGE: rowcast-load [FLAGS]
+const AFTER_HELP: &str = "\
+Durations take a unit: 500ms, 20s, 2m. Exit status: 0 when every client connected and \
+got every row exactly once in order, 1 when not, 2 on a usage or set-up error.";
 
-Clients
-  --gateway ADDR            the gateway (default 127.0.0.1:3001)
-  --clients N               clients to open (default 100)
-  --ws-share F              fraction over WebSocket, the rest over SSE (default 1.0)
-  --procs K                 worker processes sharing the clients (default 1; raised
-                            when N exceeds one process's descriptor limit)
-  --source-addrs S          bind clients to 127.0.0.1 .. 127.0.0.S in turn (default 16)
-  --connect-concurrency C   connections being set up at once, over all processes
-                            (default 100: below a listen backlog of 128)
-  --connect-timeout DUR     connect + handshake + `ready`, per client (default 20s)
-  --query Q                 extra stream parameters, e.g. ops=INSERT (tables=load_events
-                            is always set)
-  --read-buffer BYTES       the read buffer each process's clients share (default 262144)
-
-Writes (into load_events, created and tracked by the harness)
-  --database-url URL        the gateway's database (or DATABASE_URL)
-  --rate R                  commits per second, over all writers (default 100; 0: none)
-  --writers W               writer connections (default 4)
-  --writer-depth D          statements in flight per writer (default 4)
-  --duration DUR            how long to write; with --idle, how long to hold (default 10s)
-  --pad BYTES               padding text per row (default 64)
-  --drain-timeout DUR       after the writes, most wait for stragglers (default 30s)
-
-Measurement and output
-  --gateway-pid PID         sample the gateway's CPU and RSS from /proc/PID
-  --idle                    connect, hold for --duration, report RSS per connection
-  --json                    the JSON report on stdout (the summary then goes to stderr)
-  --help
-
-Durations take a unit: 500ms, 20s, 2m. Exit status: 0 when every client connected and
-got every row exactly once in order, 1 when not, 2 on a usage or set-up error.
-";
-
-/// The parsed flags.
-#[derive(Debug, Clone)]
+/// rowcast-load: many WebSocket/SSE clients against a running rowcast gateway, paced
+/// writes into a tracked table, every delivery verified, latency percentiles.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "rowcast-load",
+    version,
+    after_help = AFTER_HELP,
+    max_term_width = 100,
+    allow_negative_numbers = true
+)]
 pub struct Options {
-    /// Gateway address.
+    /// The gateway.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3001", value_parser = address,
+          help_heading = "Clients")]
     pub gateway: SocketAddr,
-    /// Number of clients.
+    /// Clients to open.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = at_least_one,
+          help_heading = "Clients")]
     pub clients: usize,
-    /// Fraction over WebSocket.
+    /// Fraction over WebSocket, the rest over SSE.
+    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = share,
+          help_heading = "Clients")]
     pub ws_share: f64,
-    /// Worker processes.
+    /// Worker processes sharing the clients (raised when N exceeds one process's
+    /// descriptor limit).
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = at_least_one,
+          help_heading = "Clients")]
     pub procs: usize,
-    /// Source addresses 127.0.0.1..=S.
+    /// Bind clients to 127.0.0.1 .. 127.0.0.S in turn (1..254), so that more
+    /// connections fit than one source address has ports for.
+    #[arg(long, value_name = "S", default_value_t = 16,
+          value_parser = clap::value_parser!(u8).range(1..=254), help_heading = "Clients")]
     pub source_addrs: u8,
-    /// Connections being set up at once, over all processes.
+    /// Connections being set up at once, over all processes (100: below a listen
+    /// backlog of 128).
+    #[arg(
+        long,
+        value_name = "C",
+        default_value_t = 100,
+        help_heading = "Clients"
+    )]
     pub connect_concurrency: usize,
-    /// Per-client connect timeout.
+    /// Connect + handshake + `ready`, per client.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = duration,
+          help_heading = "Clients")]
     pub connect_timeout: Duration,
-    /// Extra stream parameters.
+    /// Extra stream parameters, e.g. ops=INSERT (tables=load_events is always set).
+    #[arg(long, value_name = "Q", help_heading = "Clients")]
     pub query: Option<String>,
-    /// Shared read buffer per process.
+    /// The read buffer each process's clients share, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024, help_heading = "Clients")]
     pub read_buffer: usize,
-    /// Database URL for set-up and writers.
+    /// The gateway's database, written into load_events (else DATABASE_URL).
+    #[arg(long, value_name = "URL", help_heading = "Writes")]
     pub database_url: Option<String>,
-    /// Commits per second.
+    /// Commits per second, over all writers (0: none).
+    #[arg(long, value_name = "R", default_value_t = 100.0, value_parser = rate,
+          help_heading = "Writes")]
     pub rate: f64,
     /// Writer connections.
+    #[arg(long, value_name = "W", default_value_t = 4, value_parser = at_least_one,
+          help_heading = "Writes")]
     pub writers: usize,
-    /// In flight per writer.
+    /// Statements in flight per writer.
+    #[arg(long, value_name = "D", default_value_t = 4, value_parser = at_least_one,
+          help_heading = "Writes")]
     pub writer_depth: usize,
-    /// Write phase (or hold time).
+    /// How long to write; with --idle, how long to hold.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration,
+          help_heading = "Writes")]
     pub duration: Duration,
-    /// Padding bytes per row.
+    /// Padding text per row, in bytes.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 64,
+        help_heading = "Writes"
+    )]
     pub pad: usize,
-    /// Drain timeout.
+    /// After the writes, the most to wait for stragglers.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration,
+          help_heading = "Writes")]
     pub drain_timeout: Duration,
-    /// The gateway's pid.
+    /// Sample the gateway's CPU and RSS from /proc/PID.
+    #[arg(long, value_name = "PID", help_heading = "Measurement and output")]
     pub gateway_pid: Option<u32>,
-    /// Idle mode.
+    /// Connect, hold for --duration, report RSS per connection.
+    #[arg(long, help_heading = "Measurement and output")]
     pub idle: bool,
-    /// JSON output.
+    /// The JSON report on stdout (the summary then goes to stderr).
+    #[arg(long, help_heading = "Measurement and output")]
     pub json: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            gateway: "127.0.0.1:3001".parse().expect("valid default address"),
-            clients: 100,
-            ws_share: 1.0,
-            procs: 1,
-            source_addrs: 16,
-            connect_concurrency: 100,
-            connect_timeout: Duration::from_secs(20),
-            query: None,
-            read_buffer: 256 * 1024,
-            database_url: None,
-            rate: 100.0,
-            writers: 4,
-            writer_depth: 4,
-            duration: Duration::from_secs(10),
-            pad: 64,
-            drain_timeout: Duration::from_secs(30),
-            gateway_pid: None,
-            idle: false,
-            json: false,
-        }
-    }
 }
 
 /// What the command line asks for.
@@ -117,110 +108,73 @@ impl Default for Options {
 pub enum Parsed {
     /// Run with these options.
     Run(Box<Options>),
-    /// Print usage.
-    Help,
+    /// Print this text (the help or the version).
+    Print(String),
 }
 
-/// Parses a duration with a unit: `500ms`, `20s`, `2m`, `1h`.
+/// Parses a duration with a unit (`500ms`, `20s`, `2m`, `1h`); a bare number or zero
+/// is refused.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| format!("`{text}` needs a unit (ms, s, m, h)"))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}`")),
-    };
-    if !seconds.is_finite() || seconds <= 0.0 {
-        return Err(format!("`{text}` must be positive"));
+    if text.trim().bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{text}` needs a unit (ms, s, m, h)"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err(format!("`{text}` must be positive")),
+        Ok(duration) => Ok(duration),
+        Err(err) => Err(format!("`{text}`: {err}")),
+    }
 }
 
-fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{flag}: `{value}` is not a valid number"))
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
 }
 
-/// Parses the arguments (without the program name); `env` supplies `DATABASE_URL`.
+fn address(text: &str) -> Result<SocketAddr, &'static str> {
+    text.parse()
+        .map_err(|_| "expected an address like 127.0.0.1:3001")
+}
+
+fn at_least_one(text: &str) -> Result<usize, &'static str> {
+    match text.parse() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number, at least 1"),
+    }
+}
+
+fn share(text: &str) -> Result<f64, &'static str> {
+    match text.parse() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err("expected a fraction between 0 and 1"),
+    }
+}
+
+fn rate(text: &str) -> Result<f64, &'static str> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err("expected a non-negative number"),
+    }
+}
+
+/// Parses the arguments (without the program name); `env_database_url` is
+/// `DATABASE_URL`, used when `--database-url` is absent. Errors are one line.
 pub fn parse(args: &[String], env_database_url: Option<String>) -> Result<Parsed, String> {
-    let mut o = Options {
-        database_url: env_database_url,
-        ..Options::default()
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let (name, inline) = match flag.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
-            _ => (flag.as_str(), None),
-        };
-        let mut value = || -> Result<String, String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => it
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| format!("{name} needs a value")),
+    let argv = std::iter::once("rowcast-load").chain(args.iter().map(String::as_str));
+    let mut options = match Options::try_parse_from(argv) {
+        Ok(options) => options,
+        Err(err) => {
+            let text = err.render().to_string();
+            if !err.use_stderr() {
+                return Ok(Parsed::Print(text));
             }
-        };
-        match name {
-            "--help" | "-h" => return Ok(Parsed::Help),
-            "--idle" => o.idle = true,
-            "--json" => o.json = true,
-            "--gateway" => {
-                let v = value()?;
-                o.gateway = v.parse().map_err(|_| {
-                    format!("--gateway: `{v}` is not an address like 127.0.0.1:3001")
-                })?;
-            }
-            "--clients" => o.clients = number(name, &value()?)?,
-            "--ws-share" => o.ws_share = number(name, &value()?)?,
-            "--procs" => o.procs = number(name, &value()?)?,
-            "--source-addrs" => o.source_addrs = number(name, &value()?)?,
-            "--connect-concurrency" => o.connect_concurrency = number(name, &value()?)?,
-            "--connect-timeout" => o.connect_timeout = parse_duration(&value()?)?,
-            "--query" => o.query = Some(value()?),
-            "--read-buffer" => o.read_buffer = number(name, &value()?)?,
-            "--database-url" => o.database_url = Some(value()?),
-            "--rate" => o.rate = number(name, &value()?)?,
-            "--writers" => o.writers = number(name, &value()?)?,
-            "--writer-depth" => o.writer_depth = number(name, &value()?)?,
-            "--duration" => o.duration = parse_duration(&value()?)?,
-            "--pad" => o.pad = number(name, &value()?)?,
-            "--drain-timeout" => o.drain_timeout = parse_duration(&value()?)?,
-            "--gateway-pid" => o.gateway_pid = Some(number(name, &value()?)?),
-            other => return Err(format!("unknown flag `{other}` (see --help)")),
+            let line = text.lines().next().unwrap_or_default();
+            return Err(line.strip_prefix("error: ").unwrap_or(line).to_owned());
         }
-    }
-    if !(0.0..=1.0).contains(&o.ws_share) {
-        return Err("--ws-share must be between 0 and 1".into());
-    }
-    if o.clients == 0 {
-        return Err("--clients must be at least 1".into());
-    }
-    if o.procs == 0 {
-        return Err("--procs must be at least 1".into());
-    }
-    if o.source_addrs == 0 || o.source_addrs == 255 {
-        return Err("--source-addrs must be 1..254".into());
-    }
-    if !o.rate.is_finite() || o.rate < 0.0 {
-        return Err("--rate must be a non-negative number".into());
-    }
-    if o.writers == 0 || o.writer_depth == 0 {
-        return Err("--writers and --writer-depth must be at least 1".into());
-    }
-    if !o.idle && o.rate > 0.0 && o.database_url.is_none() {
+    };
+    options.database_url = options.database_url.or(env_database_url);
+    if !options.idle && options.rate > 0.0 && options.database_url.is_none() {
         return Err("writes need --database-url (or DATABASE_URL)".into());
     }
-    Ok(Parsed::Run(Box::new(o)))
+    Ok(Parsed::Run(Box::new(options)))
 }
 
 #[cfg(test)]
@@ -253,6 +207,8 @@ mod tests {
         assert_eq!(o.ws_share, 0.5);
         assert_eq!(o.duration, Duration::from_millis(1500));
         assert!(o.idle);
+        assert_eq!(o.gateway.to_string(), "127.0.0.1:3001");
+        assert_eq!(o.read_buffer, 262_144);
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("0s").is_err());
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
@@ -264,5 +220,24 @@ mod tests {
         assert!(parse(&args(&["--rate", "0"]), None).is_ok());
         assert!(parse(&args(&["--rate", "10"]), Some("postgres://x/y".into())).is_ok());
         assert!(parse(&args(&["--bogus"]), None).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_one_line_errors_naming_the_flag() {
+        for (flag, value) in [
+            ("--clients", "0"),
+            ("--ws-share", "1.5"),
+            ("--source-addrs", "255"),
+            ("--rate", "-1"),
+            ("--writers", "0"),
+            ("--connect-timeout", "20"),
+            ("--gateway", "nowhere"),
+        ] {
+            let err = parse(&args(&["--idle", flag, value]), None).unwrap_err();
+            assert!(err.contains(flag) && !err.contains('\n'), "{err}");
+        }
+        assert!(
+            matches!(parse(&args(&["--help"]), None), Ok(Parsed::Print(h)) if h.contains("--gateway-pid"))
+        );
     }
 }

@@ -42,8 +42,8 @@ fn main() -> ExitCode {
     }
     let options = match args::parse(&args, std::env::var("DATABASE_URL").ok()) {
         Ok(args::Parsed::Run(options)) => options,
-        Ok(args::Parsed::Help) => {
-            print!("{}", args::USAGE);
+        Ok(args::Parsed::Print(text)) => {
+            print!("{text}");
             return ExitCode::SUCCESS;
         }
         Err(err) => {
