@@ -128,11 +128,11 @@ pub struct Config {
     pub source: SourceMode,
     /// Poll period.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_POLL_INTERVAL,
-          value_parser = duration)]
+          value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// Least time between two reads under a burst of doorbells (batches bursts).
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_COALESCE,
-          value_parser = duration)]
+          value_parser = parse_duration)]
     pub coalesce: Duration,
     /// Events kept in memory for resuming clients (at least 1).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_RING_CAPACITY,
@@ -143,34 +143,34 @@ pub struct Config {
     pub migrate: bool,
     /// Heartbeat period on streams.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_HEARTBEAT,
-          value_parser = duration)]
+          value_parser = parse_duration)]
     pub heartbeat: Duration,
     /// Drop a client whose write stays blocked this long.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_SEND_TIMEOUT,
-          value_parser = duration)]
+          value_parser = parse_duration)]
     pub send_timeout: Duration,
     /// Drain deadline on SIGINT/SIGTERM.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_SHUTDOWN_TIMEOUT,
-          value_parser = duration)]
+          value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
     /// Prune change_log rows older than this.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_RETENTION,
-          value_parser = duration)]
+          value_parser = parse_duration)]
     pub retention: Duration,
     /// Also keep at most N ids of history.
     #[arg(long, value_name = "N", value_parser = count::<u64>)]
     pub retention_rows: Option<u64>,
     /// How often retention runs; short in tests, so pruning can be awaited.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_RETENTION_INTERVAL,
-          value_parser = duration)]
+          value_parser = parse_duration)]
     pub retention_interval: Duration,
     /// Time allowed for a request's headers to arrive.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_HEADER_TIMEOUT,
-          value_parser = duration)]
+          value_parser = parse_duration)]
     pub header_timeout: Duration,
     /// SSE retry hint for browsers.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_SSE_RETRY,
-          value_parser = duration)]
+          value_parser = parse_duration)]
     pub sse_retry: Duration,
     /// Database connections for REST and catch-up reads (at most 1000).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_POOL_SIZE, value_parser = pool_size)]
@@ -506,10 +506,6 @@ pub fn parse_bool(text: &str) -> Option<bool> {
         "false" | "0" => Some(false),
         _ => None,
     }
-}
-
-fn duration(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
 }
 
 fn address(text: &str) -> Result<SocketAddr, &'static str> {

@@ -203,6 +203,54 @@ async fn jwts_are_verified_and_their_tables_claim_limits_streams() {
     );
 }
 
+/// `token` with its header part replaced by `header` (base64url), signature kept.
+fn with_header(token: &str, header: &str) -> String {
+    let (_, rest) = token.split_once('.').unwrap();
+    format!("{header}.{rest}")
+}
+
+#[tokio::test]
+async fn jwts_naming_another_algorithm_not_yet_valid_or_tampered_get_401() {
+    let db = TestDb::new();
+    let server = TestServer::start(Config {
+        jwt_secret: Some("jwt-secret".into()),
+        ..db.config()
+    })
+    .await;
+    let good = sign_jwt("jwt-secret", &json!({"exp": now() + 600}));
+    // base64url of {"alg":"none","typ":"JWT"} and {"alg":"RS256","typ":"JWT"}.
+    let alg_none = with_header(&good, "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0");
+    let (unsigned, _) = alg_none.rsplit_once('.').unwrap();
+    let unsigned = format!("{unsigned}.");
+    let rs256 = with_header(&good, "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9");
+    let not_yet = sign_jwt("jwt-secret", &json!({"nbf": now() + 600}));
+    let (signed, signature) = good.rsplit_once('.').unwrap();
+    let flipped = if signature.starts_with('A') { "B" } else { "A" };
+    let tampered = format!("{signed}.{flipped}{}", &signature[1..]);
+    for bad in [&alg_none, &unsigned, &rs256, &not_yet, &tampered] {
+        let response = http(
+            server.addr,
+            "POST",
+            "/api/orders",
+            &[("Authorization", &format!("Bearer {bad}"))],
+            Some(ORDER),
+        )
+        .await;
+        assert_eq!(response.status, 401, "{bad}: {}", response.body);
+        assert_eq!(response.json()["error"]["code"], "unauthorized");
+    }
+    assert_eq!(orders_count(&db).await, 0);
+    let accepted = http(
+        server.addr,
+        "POST",
+        "/api/orders",
+        &[("Authorization", &format!("Bearer {good}"))],
+        Some(ORDER),
+    )
+    .await;
+    assert_eq!(accepted.status, 201, "{}", accepted.body);
+}
+
 #[test]
 fn auth_streams_without_a_credential_is_a_configuration_error() {
     let output = Command::new(binary())

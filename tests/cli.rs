@@ -98,6 +98,14 @@ fn malformed_urls_and_flags_are_rejected() {
         .output()
         .unwrap();
     assert_fails_with(&output, "ROWCAST_SOURCE");
+    let output = Command::new(binary())
+        .env("ROWCAST_POLL_INTERVAL", "500")
+        .output()
+        .unwrap();
+    assert_fails_with(&output, "ROWCAST_POLL_INTERVAL");
+    assert_fails_with(&rowcast(&["migrate", "--bogus"]), "unknown flag");
+    assert_fails_with(&rowcast(&["stray"]), "unknown command");
+    assert_fails_with(&rowcast(&["--listen"]), "needs a value");
 }
 
 #[test]
@@ -129,7 +137,10 @@ fn migrate_then_seed_fill_an_empty_database_once() {
 fn help_and_version_exit_zero() {
     let help = rowcast(&["--help"]);
     assert!(help.status.success());
-    assert!(String::from_utf8_lossy(&help.stdout).contains("--ring-capacity"));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("--ring-capacity"), "{text}");
+    assert!(text.contains("ROWCAST_RING_CAPACITY"), "{text}");
+    assert!(text.contains("migrate"), "{text}");
     assert!(rowcast(&["--version"]).status.success());
 }
 

@@ -52,7 +52,7 @@ pub struct Options {
     )]
     pub connect_concurrency: usize,
     /// Connect + handshake + `ready`, per client.
-    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = duration,
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration,
           help_heading = "Clients")]
     pub connect_timeout: Duration,
     /// Extra stream parameters, e.g. ops=INSERT (tables=load_events is always set).
@@ -77,7 +77,7 @@ pub struct Options {
           help_heading = "Writes")]
     pub writer_depth: usize,
     /// How long to write; with --idle, how long to hold.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration,
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration,
           help_heading = "Writes")]
     pub duration: Duration,
     /// Padding text per row, in bytes.
@@ -89,7 +89,7 @@ pub struct Options {
     )]
     pub pad: usize,
     /// After the writes, the most to wait for stragglers.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration,
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration,
           help_heading = "Writes")]
     pub drain_timeout: Duration,
     /// Sample the gateway's CPU and RSS from /proc/PID.
@@ -123,10 +123,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         Ok(duration) => Ok(duration),
         Err(err) => Err(format!("`{text}`: {err}")),
     }
-}
-
-fn duration(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
 }
 
 fn address(text: &str) -> Result<SocketAddr, &'static str> {
