@@ -297,8 +297,8 @@ pub fn env_name(long: &str) -> String {
 
 /// The parser, every long flag showing its environment form in `--help`.
 ///
-/// Only `--help` reads through it: clap would read the environment itself, and
-/// [`parse`] reads it through an [`Environment`] instead.
+/// Only `--help` and `--version` are answered by it: clap would read the process
+/// environment itself, and [`parse`] reads it through an [`Environment`] instead.
 fn command() -> clap::Command {
     fn env_forms(command: clap::Command) -> clap::Command {
         command
@@ -320,6 +320,18 @@ where
     T: Into<OsString>,
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    // `--help` and `--version` come first, whatever the environment holds; the
+    // environment is only shown there (by name), so clap may read it itself.
+    let shown = std::iter::once(OsString::from("rowcast")).chain(args.iter().cloned());
+    if let Err(err) = command().try_get_matches_from(shown) {
+        if matches!(
+            err.kind(),
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+        ) {
+            let text = err.render().to_string();
+            return Ok(Command::Print(format!("{}\n", text.trim_end())));
+        }
+    }
     let parser = Cli::command();
     let job = args
         .first()
@@ -333,24 +345,9 @@ where
     argv.extend(job.map(OsString::from));
     argv.extend(from_env.iter().map(|flag| flag.flag.clone()));
     argv.extend(args.iter().skip(usize::from(job.is_some())).cloned());
-    let matches = match parser.try_get_matches_from(&argv) {
-        Ok(matches) => matches,
-        Err(err)
-            if matches!(
-                err.kind(),
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-            ) =>
-        {
-            // Rendered again by the parser that shows the environment forms.
-            let shown = std::iter::once(OsString::from("rowcast")).chain(args);
-            let text = match command().try_get_matches_from(shown) {
-                Err(help) => help.render().to_string(),
-                Ok(_) => err.render().to_string(),
-            };
-            return Ok(Command::Print(text));
-        }
-        Err(err) => return Err(usage_error(&err, &from_env)),
-    };
+    let matches = parser
+        .try_get_matches_from(&argv)
+        .map_err(|err| usage_error(&err, &from_env))?;
     let cli = Cli::from_arg_matches(&matches).map_err(|err| usage_error(&err, &from_env))?;
     Ok(match cli.job {
         None => Command::Serve(cli.run.resolve(env)?),
@@ -702,6 +699,14 @@ mod tests {
             assert!(help.contains(&env_name(long)), "{} missing", env_name(long));
         }
         assert!(matches!(parse(["-V"], &env(&[])), Ok(Command::Print(v)) if v.contains("rowcast")));
+        let broken = env(&[
+            ("ROWCAST_RING_CAPACITY", "0"),
+            ("ROWCAST_NO_MIGRATE", "yes"),
+        ]);
+        assert!(
+            matches!(parse(["migrate", "--help"], &broken), Ok(Command::Print(_))),
+            "help must not depend on the environment"
+        );
     }
 
     #[test]

@@ -160,7 +160,7 @@ pub fn parse(args: &[String], env_database_url: Option<String>) -> Result<Parsed
         Err(err) => {
             let text = err.render().to_string();
             if !err.use_stderr() {
-                return Ok(Parsed::Print(text));
+                return Ok(Parsed::Print(format!("{}\n", text.trim_end())));
             }
             let line = text.lines().next().unwrap_or_default();
             return Err(line.strip_prefix("error: ").unwrap_or(line).to_owned());
