@@ -11,6 +11,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let command = match config::parse(std::env::args_os().skip(1), &config::ProcessEnv) {
+        Ok(Command::Print(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
         Ok(command) => command,
         Err(err) => return fail(&err),
     };
@@ -30,10 +34,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match command {
-            Command::Print(text) => {
-                print!("{text}");
-                Ok(())
-            }
+            Command::Print(_) => Ok(()),
             Command::Serve(config) => serve(config).await,
             Command::Migrate(config) => migrate_only(config, false).await,
             Command::Seed(config) => migrate_only(config, true).await,
