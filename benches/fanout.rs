@@ -1,7 +1,7 @@
 //! Fan-out of one event to 10 / 1,000 / 10,000 in-process subscribers: append to the
-//! ring, wake the hub, and let every woken subscriber read its batch with
-//! `EventLog::read_after` and its selection's `matches`, as a stream session does.
-//! No sockets: this is the gateway's own cost per event, before any write.
+//! ring, wake the hub, and let every woken subscriber — a real `Session`, with history
+//! in memory for its catch-up reader — take its next batch. No sockets: this is the
+//! gateway's own cost per event, before any write.
 //!
 //! - `fanout_direct`: the subscribers are plain structs polled in a loop (wake-up
 //!   permit taken with `now_or_never`), so the figure is hub + ring + filter alone.
@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures_util::FutureExt;
-use rowcast::event::{ChangeRecord, Event};
-use rowcast::filter::{Catalog, Selection, StreamParams};
-use rowcast::hub::{Hub, Registration};
-use rowcast::log::{EventLog, Read};
-use rowcast::stream::MAX_BATCH;
+use rowcast::event::Event;
+use rowcast::filter::{Catalog, StreamParams};
+use rowcast::hub::Hub;
+use rowcast::log::EventLog;
+use rowcast::session::{CatchUp, Item, Session, MAX_BATCH};
+use rowcast::testing::{self, History};
 use serde_json::json;
 
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
@@ -57,52 +58,45 @@ fn catalog() -> Catalog {
 }
 
 fn event(id: u64) -> Arc<Event> {
-    Arc::new(
-        Event::from_record(ChangeRecord {
-            id: id as i64,
-            table: "orders".into(),
-            op: "UPDATE".into(),
-            row: Some(json!({
-                "id": id, "customer_name": "Ada Lovelace", "product_name": "Analytical Engine manual",
-                "status": "shipped", "updated_at": "2026-11-24T21:00:00.123456+00:00"
-            })),
-            old: Some(json!({"id": id, "status": "pending"})),
-            committed_at: "2026-11-24T21:00:00.123456Z".into(),
-            committed_at_micros: 0,
-        })
-        .expect("a valid event"),
+    testing::event(
+        id as i64,
+        "orders",
+        "UPDATE",
+        Some(json!({
+            "id": id, "customer_name": "Ada Lovelace", "product_name": "Analytical Engine manual",
+            "status": "shipped", "updated_at": "2026-11-24T21:00:00.123456+00:00"
+        })),
+        Some(json!({"id": id, "status": "pending"})),
     )
 }
 
-/// A subscriber as a session holds it: registration, selection, cursor.
-struct Subscriber {
-    registration: Registration,
-    selection: Selection,
-    cursor: u64,
-}
-
-impl Subscriber {
-    /// Reads the batch after the cursor; returns how many events it would send.
-    fn read(&mut self, log: &EventLog, out: &mut Vec<Arc<Event>>) -> usize {
-        out.clear();
-        let selection = &self.selection;
-        match log.read_after(self.cursor, MAX_BATCH, |e| selection.matches(e), out) {
-            Read::Scanned { position, .. } => self.cursor = position,
-            Read::Behind { .. } => unreachable!("subscribers keep up with the ring"),
-        }
-        out.len()
-    }
-}
-
-fn subscribers(hub: &Arc<Hub>, query: &str, n: usize) -> Vec<Subscriber> {
+/// `n` sessions with this query, past their (empty) backlog and `ready`.
+fn sessions(log: &Arc<EventLog>, hub: &Arc<Hub>, query: &str, n: usize) -> Vec<Session> {
     let params = StreamParams::parse(query, &catalog()).expect("valid stream parameters");
+    let history: Arc<dyn CatchUp> = Arc::new(History::default());
+    let mut out = Vec::new();
     (0..n)
-        .map(|_| Subscriber {
-            registration: hub.register(&params.selection),
-            selection: params.selection.clone(),
-            cursor: 0,
+        .map(|_| {
+            let mut session =
+                Session::open(Arc::clone(log), hub, Arc::clone(&history), params.clone());
+            out.clear();
+            session
+                .next_batch(&mut out)
+                .now_or_never()
+                .expect("a ring read never waits");
+            session
         })
         .collect()
+}
+
+/// Takes a woken session's batch; returns how many items it would send.
+fn read(session: &mut Session, out: &mut Vec<Item>) -> usize {
+    out.clear();
+    session
+        .next_batch(out)
+        .now_or_never()
+        .expect("subscribers keep up with the ring");
+    out.len()
 }
 
 /// Times `iters` events, building them in untimed chunks.
@@ -133,8 +127,8 @@ fn fanout_direct(c: &mut Criterion) {
             group.throughput(Throughput::Elements(n as u64));
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, &n| {
                 let hub = Hub::new();
-                let log = EventLog::new(65_536, 0);
-                let mut subs = subscribers(&hub, query, n);
+                let log = Arc::new(EventLog::new(65_536, 0));
+                let mut subs = sessions(&log, &hub, query, n);
                 let mut out = Vec::with_capacity(MAX_BATCH);
                 let mut next_id = 0;
                 // Subscribers of another table or another value are never woken, and a
@@ -143,9 +137,7 @@ fn fanout_direct(c: &mut Criterion) {
                 let polled = matches!(name, "all" | "filter_match");
                 if !polled {
                     hub.wake(&[event(u64::MAX / 2)]);
-                    assert!(subs
-                        .iter()
-                        .all(|s| s.registration.woken().now_or_never().is_none()));
+                    assert!(subs.iter().all(|s| s.wait().now_or_never().is_none()));
                 }
                 b.iter_custom(|iters| {
                     timed_events(iters, &mut next_id, |e| {
@@ -153,8 +145,8 @@ fn fanout_direct(c: &mut Criterion) {
                         hub.wake(std::slice::from_ref(&e));
                         let mut sent = 0;
                         for s in subs.iter_mut().filter(|_| polled) {
-                            if s.registration.woken().now_or_never().is_some() {
-                                sent += s.read(&log, &mut out);
+                            if s.wait().now_or_never().is_some() {
+                                sent += read(s, &mut out);
                             }
                         }
                         black_box(sent);
@@ -186,9 +178,8 @@ fn fanout_tasks(c: &mut Criterion) {
                 let served = Rc::new(Cell::new(0u64));
                 let all_served = Rc::new(tokio::sync::Notify::new());
                 let target = Rc::new(Cell::new(0u64));
-                for mut s in subscribers(&hub, query, n) {
-                    let (log, served, all_served, target) = (
-                        Arc::clone(&log),
+                for mut s in sessions(&log, &hub, query, n) {
+                    let (served, all_served, target) = (
                         Rc::clone(&served),
                         Rc::clone(&all_served),
                         Rc::clone(&target),
@@ -196,8 +187,8 @@ fn fanout_tasks(c: &mut Criterion) {
                     local.spawn_local(async move {
                         let mut out = Vec::with_capacity(MAX_BATCH);
                         loop {
-                            s.registration.woken().await;
-                            black_box(s.read(&log, &mut out));
+                            s.wait().await;
+                            black_box(read(&mut s, &mut out));
                             served.set(served.get() + 1);
                             if served.get() == target.get() {
                                 all_served.notify_one();

@@ -271,15 +271,7 @@ mod tests {
     use serde_json::json;
 
     fn record(op: &str, row: Option<Value>, old: Option<Value>) -> ChangeRecord {
-        ChangeRecord {
-            id: 42,
-            table: "orders".into(),
-            op: op.into(),
-            row,
-            old,
-            committed_at: "2026-11-24T21:00:00.123456Z".into(),
-            committed_at_micros: 0,
-        }
+        crate::testing::record(42, "orders", op, row, old)
     }
 
     #[test]

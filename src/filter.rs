@@ -546,7 +546,6 @@ fn parse_list(text: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::ChangeRecord;
     use serde_json::json;
 
     fn catalog() -> Catalog {
@@ -559,17 +558,8 @@ mod tests {
         ])
     }
 
-    fn event(op: &str, table: &str, row: Value) -> Event {
-        Event::from_record(ChangeRecord {
-            id: 1,
-            table: table.into(),
-            op: op.into(),
-            row: Some(row),
-            old: None,
-            committed_at: String::new(),
-            committed_at_micros: 0,
-        })
-        .unwrap()
+    fn event(op: &str, table: &str, row: Value) -> Arc<Event> {
+        crate::testing::event(1, table, op, Some(row), None)
     }
 
     fn selects(query: &str, row: Value) -> bool {
@@ -640,16 +630,7 @@ mod tests {
         assert!(selects(query, json!({"status": "shipped", "id": 5})));
         assert!(!selects(query, json!({"status": "shipped", "id": 4})));
         let params = StreamParams::parse(query, &catalog()).unwrap();
-        let truncate = Event::from_record(ChangeRecord {
-            id: 2,
-            table: "orders".into(),
-            op: "TRUNCATE".into(),
-            row: None,
-            old: None,
-            committed_at: String::new(),
-            committed_at_micros: 0,
-        })
-        .unwrap();
+        let truncate = crate::testing::event(2, "orders", "TRUNCATE", None, None);
         assert!(params.selection.matches(&truncate));
     }
 

@@ -224,7 +224,6 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::ChangeRecord;
     use crate::filter::{Catalog, StreamParams};
     use serde_json::json;
     use std::time::Duration;
@@ -241,18 +240,7 @@ mod tests {
     }
 
     fn event(table: &str, op: &str, row: serde_json::Value) -> Arc<Event> {
-        Arc::new(
-            Event::from_record(ChangeRecord {
-                id: 1,
-                table: table.into(),
-                op: op.into(),
-                row: Some(row),
-                old: None,
-                committed_at: String::new(),
-                committed_at_micros: 0,
-            })
-            .unwrap(),
-        )
+        crate::testing::event(1, table, op, Some(row), None)
     }
 
     async fn is_woken(registration: &Registration) -> bool {

@@ -41,4 +41,6 @@ pub mod log;
 pub mod metrics;
 pub mod pg;
 pub mod query;
-pub mod stream;
+pub mod session;
+#[doc(hidden)]
+pub mod testing;

@@ -182,22 +182,10 @@ impl EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::ChangeRecord;
     use serde_json::json;
 
     fn event(id: i64) -> Arc<Event> {
-        Arc::new(
-            Event::from_record(ChangeRecord {
-                id,
-                table: "orders".into(),
-                op: "INSERT".into(),
-                row: Some(json!({"id": id})),
-                old: None,
-                committed_at: "2026-01-01T00:00:00.000000Z".into(),
-                committed_at_micros: 0,
-            })
-            .unwrap(),
-        )
+        crate::testing::event(id, "orders", "INSERT", Some(json!({"id": id})), None)
     }
 
     fn ids(events: &[Arc<Event>]) -> Vec<u64> {

@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use rowcast::config::{self, Command, Config};
-use rowcast::gateway::{self, Gateway};
+use rowcast::gateway::Gateway;
 use rowcast::pg::connect::Waiting;
-use rowcast::pg::migrate;
+use rowcast::pg::{migrate, startup};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -76,9 +76,9 @@ async fn serve(config: Config) -> Result<(), BoxError> {
 }
 
 async fn migrate_only(config: Config, seed: bool) -> Result<(), BoxError> {
-    let (target, embedded) = gateway::resolve_database(&config).await?;
+    let (target, embedded) = startup::resolve_database(&config).await?;
     let result = async {
-        let deadline = gateway::Deadline::after(gateway::STARTUP_DEADLINE);
+        let deadline = startup::Deadline::after(startup::STARTUP_DEADLINE);
         let mut client = deadline.connect(&target).await?;
         if config.migrate || !seed {
             let applied = deadline

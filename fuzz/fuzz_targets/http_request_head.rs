@@ -1,5 +1,5 @@
 //! The request head up to routing: request-target → path and query →
-//! `rowcast::http::routes::route_name` → `rowcast::http::api::parse_id` for
+//! `rowcast::http::router::route_name` → `rowcast::http::api::parse_id` for
 //! `/api/orders/{id}`, and the query parsers behind the routes that take one.
 //!
 //! Models: routing is the documented table (exact paths, the UI's assets, and
@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use rowcast::filter::{Catalog, StreamParams};
 use rowcast::http::api::parse_id;
-use rowcast::http::routes::route_name;
+use rowcast::http::router::route_name;
 use rowcast::http::{ui, ApiError};
 use rowcast::query::parse_pairs;
 

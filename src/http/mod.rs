@@ -1,11 +1,16 @@
 //! The HTTP side: one hyper 1.x server carrying REST, WebSocket, SSE, operations
 //! endpoints and the UI.
+//!
+//! [`server`] accepts and limits connections, [`router`] sends each where it goes
+//! ([`api`], [`ws`], [`sse`], [`ops`], [`ui`]); [`conn`] holds what is known about a
+//! connection and [`error`] is the one mapping from errors to the wire.
 
 pub mod api;
 pub mod body;
+pub mod conn;
 pub mod error;
 pub mod ops;
-pub mod routes;
+pub mod router;
 pub mod server;
 pub mod sniff;
 pub mod sse;

@@ -1,6 +1,7 @@
 //! `GET /events`: the Server-Sent Events transport (`EventSource`, `curl -N`).
 //!
-//! One loop serves a stream into either of two sinks:
+//! The session loop ([`crate::session::serve`]) serves a stream into an [`SseSink`]
+//! over either of two block writers:
 //! - **on the socket** ([`serve_on_socket`]): a connection whose first request is a
 //!   plain `GET /events` (see [`super::sniff`]) is answered here, without hyper: the
 //!   head, then each batch as one HTTP/1.1 chunk in one write. An idle stream costs
@@ -12,6 +13,7 @@
 //! Either way a client that stops reading is cut off after `--send-timeout`.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +26,12 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::body::{Body, ChannelBody};
-use super::server::Connection;
+use super::conn::Connection;
+use super::error::SseFinish;
 use crate::filter::StreamParams;
 use crate::gateway::Gateway;
 use crate::metrics::Transport;
-use crate::stream::{record_sent, Item, SendDeadline, Session};
+use crate::session::{self, End, Item, Pace, SendDeadline, Sent, Session, Sink};
 
 /// The comment block sent when a heartbeat has no new position to report.
 const KEEPALIVE: &[u8] = b": keepalive\n\n";
@@ -60,16 +63,20 @@ pub fn respond(
     connection: Connection,
 ) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(1);
-    let mut session = Session::open(Arc::clone(&gateway), params);
+    let mut session = gateway.open_session(params);
     let tasks = connection.tasks.clone();
-    tasks.spawn(async move {
-        let mut sink = ChannelSink { tx };
-        if let End::Lagging = serve(&mut sink, &mut session, &gateway).await {
+    let task = async move {
+        let mut sink = SseSink::new(ChannelSink { tx }, &gateway);
+        let end = serve(&mut sink, &mut session, &gateway).await;
+        if SseFinish::for_end(end) == SseFinish::Drop {
             // The body will never be polled again while the client does not read, so
             // ending it is not enough: drop the connection itself.
             connection.kill.cancel();
         }
-    });
+        // Otherwise dropping the sender ends the body: hyper writes the last chunk.
+    };
+    // In the connection's span: the request's task ends with the response head.
+    tasks.spawn(tracing::Instrument::in_current_span(task));
     let (parts, ()) = response_head().into_parts();
     Response::from_parts(parts, ChannelBody::boxed(rx))
 }
@@ -84,16 +91,18 @@ pub fn serve_on_socket(
     gateway: Arc<Gateway>,
     connection: Connection,
 ) -> impl std::future::Future<Output = ()> {
-    let mut session = Session::open(Arc::clone(&gateway), params);
-    let mut sink = SocketSink {
+    let mut session = gateway.open_session(params);
+    let socket = SocketSink {
         stream,
         buf: response_head_bytes(&headers),
     };
+    let mut sink = SseSink::new(socket, &gateway);
     // A block, not an async fn: an async fn keeps its arguments twice, and this
     // future is what an idle stream costs.
     async move {
-        if let End::Shutdown = serve(&mut sink, &mut session, &gateway).await {
-            let finish = sink.stream.write_all(LAST_CHUNK);
+        let end = serve(&mut sink, &mut session, &gateway).await;
+        if SseFinish::for_end(end) == SseFinish::LastChunk {
+            let finish = sink.writer.stream.write_all(LAST_CHUNK);
             let _ = tokio::time::timeout(FINISH_TIMEOUT, finish).await;
         }
         drop(connection);
@@ -115,108 +124,107 @@ fn response_head_bytes(headers: &HeaderMap) -> Vec<u8> {
     head
 }
 
-/// Why a stream ended.
-enum End {
-    Gone,
-    Lagging,
-    Shutdown,
+/// Runs a stream's session into `sink`.
+async fn serve<W: Writer>(
+    sink: &mut SseSink<W>,
+    session: &mut Session,
+    gateway: &Gateway,
+) -> End<Infallible> {
+    let pace = Pace {
+        heartbeat: gateway.config.heartbeat,
+        shutdown: &gateway.shutdown,
+        metrics: &gateway.metrics,
+    };
+    session::serve(session, sink, pace).await
+}
+
+/// An SSE stream as a session's sink: SSE blocks, `id:`-only heartbeats, the
+/// `retry:` hint first, over either writer.
+struct SseSink<W> {
+    /// Where the blocks go (the socket, or hyper's body).
+    writer: W,
+    /// `--send-timeout`: how long a write may wait on a client that does not read.
+    send_timeout: Duration,
+    /// `--sse-retry` in milliseconds, sent first as the reconnection delay.
+    retry_millis: u128,
+    /// The last `id:` written: a heartbeat writes an id-only block only past it.
+    last_id_sent: u64,
+}
+
+impl<W: Writer> SseSink<W> {
+    fn new(writer: W, gateway: &Gateway) -> SseSink<W> {
+        SseSink {
+            writer,
+            send_timeout: gateway.config.send_timeout,
+            retry_millis: gateway.config.sse_retry.as_millis(),
+            last_id_sent: 0,
+        }
+    }
+
+    /// Notes the last `id:` a batch writes.
+    fn track_ids(&mut self, items: &[Item]) {
+        let last = items.iter().rev().find_map(|item| match item {
+            Item::Change(event) => Some(event.id),
+            Item::Control(control) => control.position(),
+        });
+        if let Some(id) = last {
+            self.last_id_sent = id;
+        }
+    }
+}
+
+impl<W: Writer> Sink for SseSink<W> {
+    type Fault = Infallible;
+    type Incoming = ();
+    const TRANSPORT: Transport = Transport::Sse;
+
+    async fn open(&mut self) -> Sent<Infallible> {
+        let retry = format!("retry: {}\n\n", self.retry_millis);
+        self.writer
+            .write(&[], retry.as_bytes(), self.send_timeout)
+            .await
+    }
+
+    async fn send(&mut self, items: &[Item]) -> Sent<Infallible> {
+        self.track_ids(items);
+        self.writer.write(items, b"", self.send_timeout).await
+    }
+
+    async fn heartbeat(&mut self, items: &[Item], position: u64) -> Sent<Infallible> {
+        self.track_ids(items);
+        let tail: Cow<[u8]> = if position > self.last_id_sent {
+            // Browsers update lastEventId from an id-only block without firing an
+            // event, so a quiet filtered client resumes from here.
+            self.last_id_sent = position;
+            format!("id: {position}\n\n").into_bytes().into()
+        } else if items.is_empty() {
+            KEEPALIVE.into()
+        } else {
+            (&[][..]).into()
+        };
+        self.writer.write(items, &tail, self.send_timeout).await
+    }
+
+    async fn incoming(&mut self) {
+        self.writer.closed().await
+    }
+
+    async fn answer(&mut self, (): ()) -> Sent<Infallible> {
+        Err(End::Gone)
+    }
 }
 
 /// Where a stream's blocks go.
-trait Sink {
-    /// Sends the SSE blocks of `items` followed by `tail` as one piece, within `limit`.
-    async fn send(&mut self, items: &[Item], tail: &[u8], limit: Duration) -> Result<(), End>;
+trait Writer: Send {
+    /// Writes the SSE blocks of `items` followed by `tail` as one piece, within `limit`.
+    fn write(
+        &mut self,
+        items: &[Item],
+        tail: &[u8],
+        limit: Duration,
+    ) -> impl std::future::Future<Output = Sent<Infallible>> + Send;
     /// Resolves when the client has gone.
-    async fn closed(&mut self);
-}
-
-/// Runs a stream with its metrics.
-async fn serve(sink: &mut impl Sink, session: &mut Session, gateway: &Gateway) -> End {
-    let gauge = gateway.metrics.connections(Transport::Sse);
-    gauge.inc();
-    let end = run(sink, session, gateway).await;
-    gauge.dec();
-    if let End::Lagging = end {
-        gateway.metrics.lagging_disconnects.inc();
-        tracing::debug!(
-            position = session.position(),
-            "dropping a lagging SSE client"
-        );
-    }
-    end
-}
-
-async fn run(sink: &mut impl Sink, session: &mut Session, gateway: &Gateway) -> End {
-    let send_timeout = gateway.config.send_timeout;
-    let period = gateway.config.heartbeat;
-    let retry = format!("retry: {}\n\n", gateway.config.sse_retry.as_millis());
-    if let Err(end) = sink.send(&[], retry.as_bytes(), send_timeout).await {
-        return end;
-    }
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_id_sent = 0u64;
-    let mut items = Vec::new();
-    // Made once: a new future per turn would lock the token's waiter list, which
-    // every stream shares, twice per turn.
-    let shutdown = gateway.shutdown.cancelled();
-    tokio::pin!(shutdown);
-    loop {
-        items.clear();
-        session.next_batch(&mut items).await;
-        if !items.is_empty() {
-            let changes = track_ids(&items, &mut last_id_sent);
-            if let Err(end) = sink.send(&items, b"", send_timeout).await {
-                return end;
-            }
-            record_sent(&gateway.metrics, &items, Transport::Sse, changes);
-            continue;
-        }
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => return End::Shutdown,
-            _ = sink.closed() => return End::Gone,
-            _ = session.wait() => {}
-            _ = heartbeat.tick() => {
-                items.clear();
-                session.next_batch(&mut items).await;
-                let changes = track_ids(&items, &mut last_id_sent);
-                let position = session.position();
-                let tail: Cow<[u8]> = if position > last_id_sent {
-                    // Browsers update lastEventId from an id-only block without firing
-                    // an event, so a quiet filtered client resumes from here.
-                    last_id_sent = position;
-                    format!("id: {position}\n\n").into_bytes().into()
-                } else if items.is_empty() {
-                    KEEPALIVE.into()
-                } else {
-                    (&[][..]).into()
-                };
-                if let Err(end) = sink.send(&items, &tail, send_timeout).await {
-                    return end;
-                }
-                record_sent(&gateway.metrics, &items, Transport::Sse, changes);
-            }
-        }
-    }
-}
-
-/// Notes the last `id:` a batch writes; returns how many changes it holds.
-fn track_ids(items: &[Item], last_id_sent: &mut u64) -> u64 {
-    let mut changes = 0;
-    for item in items {
-        let id = match item {
-            Item::Change(event) => {
-                changes += 1;
-                Some(event.id)
-            }
-            Item::Control(control) => control.position(),
-        };
-        if let Some(id) = id {
-            *last_id_sent = id;
-        }
-    }
-    changes
+    fn closed(&mut self) -> impl std::future::Future<Output = ()> + Send;
 }
 
 /// Appends the SSE blocks of `items`, then `tail`, to `out`.
@@ -232,11 +240,12 @@ fn put_blocks(out: &mut impl BufMut, items: &[Item], tail: &[u8]) {
 
 /// Feeds a hyper response body.
 struct ChannelSink {
+    /// The body's one-slot channel: a full slot is a client not reading.
     tx: mpsc::Sender<Bytes>,
 }
 
-impl Sink for ChannelSink {
-    async fn send(&mut self, items: &[Item], tail: &[u8], limit: Duration) -> Result<(), End> {
+impl Writer for ChannelSink {
+    async fn write(&mut self, items: &[Item], tail: &[u8], limit: Duration) -> Sent<Infallible> {
         let chunk = match (items, tail) {
             // A single event's shared block goes as is.
             ([Item::Change(event)], []) => event.sse.clone(),
@@ -260,13 +269,14 @@ impl Sink for ChannelSink {
 
 /// Writes chunks straight to the socket.
 struct SocketSink {
+    /// The client's connection, taken from hyper before it saw it.
     stream: TcpStream,
     /// The bytes of the chunk being written (first, the response head).
     buf: Vec<u8>,
 }
 
-impl Sink for SocketSink {
-    async fn send(&mut self, items: &[Item], tail: &[u8], limit: Duration) -> Result<(), End> {
+impl Writer for SocketSink {
+    async fn write(&mut self, items: &[Item], tail: &[u8], limit: Duration) -> Sent<Infallible> {
         let start = self.buf.len();
         put_blocks(&mut self.buf, items, tail);
         // The chunk's size line goes before its data, now that the size is known.
@@ -303,7 +313,7 @@ impl Sink for SocketSink {
 }
 
 /// Writes all of `bytes` within `limit`.
-async fn write_all(stream: &TcpStream, mut bytes: &[u8], limit: Duration) -> Result<(), End> {
+async fn write_all(stream: &TcpStream, mut bytes: &[u8], limit: Duration) -> Sent<Infallible> {
     let mut deadline = SendDeadline::new(limit);
     while !bytes.is_empty() {
         match stream.try_write(bytes) {

@@ -2,8 +2,8 @@
 //!
 //! The handshake is answered by hand on hyper's upgrade; tokio-tungstenite then runs
 //! the protocol with small buffers, so ten thousand idle sockets cost little. One task
-//! per socket reads client frames, writes coalesced batches, sends heartbeats and
-//! watches shutdown.
+//! per socket runs the session loop ([`crate::session::serve`]) into a [`WsSink`]:
+//! coalesced batches, heartbeats with pings, answers to client frames.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,21 +13,21 @@ use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WireCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::body::{empty, Body};
-use super::error::ApiError;
-use super::server::Connection;
+use super::conn::Connection;
+use super::error::{ApiError, CloseCode};
 use crate::event::Control;
 use crate::filter::StreamParams;
 use crate::gateway::Gateway;
-use crate::metrics::{Limit, Transport};
-use crate::stream::{record_sent, Item, SendDeadline, Session};
+use crate::metrics::Transport;
+use crate::session::{self, End, Item, Pace, SendDeadline, Sent, Sink};
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -82,25 +82,42 @@ pub fn upgrade(
             field: None,
         })?;
     let accept = HeaderValue::from_str(&derive_accept_key(&key)).map_err(|_| ApiError::Internal)?;
-    let mut session = Session::open(Arc::clone(&gateway), params);
+    let mut session = gateway.open_session(params);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let tasks = connection.tasks.clone();
-    tasks.spawn(async move {
+    let task = async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let mut socket = WebSocketStream::from_raw_socket(
+                let socket = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
                     Some(socket_config(gateway.config.ws_max_message)),
                 )
                 .await;
-                // Lent, not moved: an async fn keeps moved arguments twice.
-                serve(&mut socket, &mut session, &gateway).await;
+                let mut sink = WsSink {
+                    socket,
+                    send_timeout: gateway.config.send_timeout,
+                    missed_pongs: 0,
+                };
+                let pace = Pace {
+                    heartbeat: gateway.config.heartbeat,
+                    shutdown: &gateway.shutdown,
+                    metrics: &gateway.metrics,
+                };
+                let end = session::serve(&mut session, &mut sink, pace).await;
+                if let Some(code) = CloseCode::for_end(end) {
+                    if let Some(limit) = code.limit() {
+                        gateway.metrics.reject(limit);
+                    }
+                    sink.close(code).await;
+                }
                 drop(connection);
             }
             Err(err) => tracing::debug!(%err, "WebSocket upgrade failed"),
         }
-    });
+    };
+    // In the connection's span: the request's task ends at the upgrade.
+    tasks.spawn(tracing::Instrument::in_current_span(task));
     let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -110,214 +127,155 @@ pub fn upgrade(
     Ok(response)
 }
 
-/// Why a socket's loop ended.
-enum End {
-    /// The peer closed or vanished; nothing more to send.
-    Gone,
-    /// Close with this code and reason.
-    Close(u16, &'static str),
-    /// A write stayed blocked past the send timeout.
-    Lagging,
-}
-
-async fn serve(socket: &mut Socket, session: &mut Session, gateway: &Gateway) {
-    let metrics = &gateway.metrics;
-    let gauge = metrics.connections(Transport::Ws);
-    gauge.inc();
-    let end = run(socket, session, gateway).await;
-    match end {
-        End::Gone => {}
-        End::Close(code, reason) => {
-            if code == 1009 {
-                metrics.reject(Limit::WsMessageSize);
-            }
-            close(socket, code, reason).await
-        }
-        End::Lagging => {
-            metrics.lagging_disconnects.inc();
-            tracing::debug!(
-                position = session.position(),
-                "closing a lagging WebSocket client"
-            );
-            close(socket, 4008, "lagging").await;
-        }
-    }
-    gauge.dec();
-}
-
-async fn run(socket: &mut Socket, session: &mut Session, gateway: &Gateway) -> End {
-    let send_timeout = gateway.config.send_timeout;
-    let period = gateway.config.heartbeat;
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut missed_pongs = 0;
-    let mut items = Vec::new();
-    // Made once: a new future per turn would lock the token's waiter list, which
-    // every session shares, twice per turn.
-    let shutdown = gateway.shutdown.cancelled();
-    tokio::pin!(shutdown);
-    loop {
-        items.clear();
-        session.next_batch(&mut items).await;
-        if !items.is_empty() {
-            match write_items(socket, &items, gateway, send_timeout).await {
-                Ok(()) => continue,
-                Err(end) => return end,
-            }
-        }
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => return End::Close(1001, "shutdown"),
-            _ = session.wait() => {}
-            message = socket.next() => {
-                // Boxed: client frames are rare (pongs), and the reply's future would
-                // size every socket's task.
-                let reply = Box::pin(on_client_message(socket, message, &mut missed_pongs, send_timeout));
-                if let Some(end) = reply.await {
-                    return end;
-                }
-            }
-            _ = heartbeat.tick() => {
-                if missed_pongs >= MAX_MISSED_PONGS {
-                    return End::Close(4001, "ping_timeout");
-                }
-                missed_pongs += 1;
-                // Advance the position past anything that did not match first.
-                items.clear();
-                session.next_batch(&mut items).await;
-                items.push(Item::Control(Control::Heartbeat { position: session.position() }));
-                if let Err(end) = write_items(socket, &items, gateway, send_timeout).await {
-                    return end;
-                }
-                if let Err(end) = timed(send_timeout, socket.send(Message::Ping(Default::default()))).await {
-                    return end;
-                }
-            }
-        }
-    }
-}
-
-/// Handles one frame from the client; `Some` ends the connection.
-async fn on_client_message(
-    socket: &mut Socket,
-    message: Option<Result<Message, WsError>>,
-    missed_pongs: &mut u32,
+/// A WebSocket as a session's sink.
+struct WsSink {
+    /// The upgraded connection, speaking the protocol.
+    socket: Socket,
+    /// `--send-timeout`: how long a write may wait on a client that does not read.
     send_timeout: Duration,
-) -> Option<End> {
-    let reply = match message {
-        None => return Some(End::Gone),
-        Some(Ok(Message::Text(text))) => client_text(text.as_str()),
-        Some(Ok(Message::Binary(_))) => {
-            return Some(End::Close(1003, "binary frames are not accepted"))
+    /// Pings sent since the last pong; at [`MAX_MISSED_PONGS`] the socket closes.
+    missed_pongs: u32,
+}
+
+impl Sink for WsSink {
+    type Fault = CloseCode;
+    type Incoming = Option<Result<Message, WsError>>;
+    const TRANSPORT: Transport = Transport::Ws;
+
+    async fn open(&mut self) -> Sent<CloseCode> {
+        Ok(())
+    }
+
+    async fn send(&mut self, items: &[Item]) -> Sent<CloseCode> {
+        self.write_items(items, None).await
+    }
+
+    async fn heartbeat(&mut self, items: &[Item], position: u64) -> Sent<CloseCode> {
+        if self.missed_pongs >= MAX_MISSED_PONGS {
+            return Err(End::Fault(CloseCode::PingTimeout));
         }
-        Some(Ok(Message::Pong(_))) => {
-            *missed_pongs = 0;
-            return None;
+        self.missed_pongs += 1;
+        self.write_items(items, Some(Control::Heartbeat { position }))
+            .await?;
+        timed(
+            self.send_timeout,
+            self.socket.send(Message::Ping(Default::default())),
+        )
+        .await
+    }
+
+    async fn incoming(&mut self) -> Self::Incoming {
+        self.socket.next().await
+    }
+
+    async fn answer(&mut self, message: Self::Incoming) -> Sent<CloseCode> {
+        let reply = match message {
+            None => return Err(End::Gone),
+            Some(Ok(Message::Text(text))) => client_text(text.as_str()),
+            Some(Ok(Message::Binary(_))) => return Err(End::Fault(CloseCode::Unsupported)),
+            Some(Ok(Message::Pong(_))) => {
+                self.missed_pongs = 0;
+                return Ok(());
+            }
+            // tungstenite queues the pong (and the close reply); a flush sends it.
+            Some(Ok(Message::Ping(_) | Message::Frame(_))) => None,
+            Some(Ok(Message::Close(_))) => {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.flush()).await;
+                return Err(End::Gone);
+            }
+            Some(Err(err)) => return Err(end_for_error(err)),
+        };
+        match reply {
+            Some(json) => {
+                timed(
+                    self.send_timeout,
+                    self.socket.send(Message::Text(json.into())),
+                )
+                .await
+            }
+            None => timed(self.send_timeout, self.socket.flush()).await,
         }
-        // tungstenite queues the pong (and the close reply); a flush sends it.
-        Some(Ok(Message::Ping(_) | Message::Frame(_))) => None,
-        Some(Ok(Message::Close(_))) => {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
-            return Some(End::Gone);
+    }
+}
+
+impl WsSink {
+    /// Writes a batch (and a heartbeat after it) as consecutive frames and flushes
+    /// once: one socket write for many events when they are small.
+    async fn write_items(&mut self, items: &[Item], heartbeat: Option<Control>) -> Sent<CloseCode> {
+        let mut deadline = SendDeadline::new(self.send_timeout);
+        for item in items {
+            let message = match item {
+                Item::Change(event) => Message::Text(event.json.clone()),
+                Item::Control(control) => Message::Text(control.json().into()),
+            };
+            outcome(deadline.run(self.socket.feed(message)).await)?;
         }
-        Some(Err(err)) => return Some(end_for_error(err)),
-    };
-    let sent = match reply {
-        Some(json) => timed(send_timeout, socket.send(Message::Text(json.into()))).await,
-        None => timed(send_timeout, socket.flush()).await,
-    };
-    sent.err()
+        if let Some(control) = heartbeat {
+            let message = Message::Text(control.json().into());
+            outcome(deadline.run(self.socket.feed(message)).await)?;
+        }
+        outcome(deadline.run(self.socket.flush()).await)
+    }
+
+    /// Sends a close frame; gives up after [`CLOSE_TIMEOUT`].
+    async fn close(&mut self, code: CloseCode) {
+        let frame = CloseFrame {
+            code: WireCode::from(code.code()),
+            reason: code.reason().into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.close(Some(frame))).await;
+    }
 }
 
 /// The answer to a client's text message.
 pub fn client_text(text: &str) -> Option<String> {
     let parsed: Option<serde_json::Value> = serde_json::from_str(text).ok();
-    match parsed
+    let err = match parsed
         .as_ref()
         .and_then(|v| v.get("type"))
         .and_then(|t| t.as_str())
     {
-        Some("ping") => Some(Control::Pong.json()),
-        Some(other) => Some(bad_message(&format!(
+        Some("ping") => return Some(Control::Pong.json()),
+        Some(other) => ApiError::BadMessage(format!(
             "unknown message type {other:?}; the only client message is {{\"type\":\"ping\"}}"
-        ))),
-        None => Some(bad_message(
-            "expected a JSON object like {\"type\":\"ping\"}",
         )),
-    }
+        None => ApiError::BadMessage("expected a JSON object like {\"type\":\"ping\"}".into()),
+    };
+    Some(err.stream_json())
 }
 
-fn bad_message(message: &str) -> String {
-    serde_json::json!({"type": "error", "code": "bad_message", "message": message}).to_string()
-}
-
-fn end_for_error(err: WsError) -> End {
+/// How a tungstenite error ends the stream.
+fn end_for_error(err: WsError) -> End<CloseCode> {
     match err {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-            End::Close(1009, "message too big")
-        }
-        WsError::Capacity(_) => End::Close(1009, "message too big"),
-        WsError::Utf8(_) => End::Close(1007, "invalid UTF-8"),
+        WsError::Capacity(_) => End::Fault(CloseCode::MessageTooBig),
+        WsError::Utf8(_) => End::Fault(CloseCode::InvalidPayload),
         WsError::Protocol(err) => {
             tracing::debug!(%err, "WebSocket protocol violation");
-            End::Close(1002, "protocol error")
+            End::Fault(CloseCode::Protocol)
         }
         WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => End::Gone,
         other => {
             tracing::debug!(err = %other, "WebSocket error");
-            End::Close(1002, "protocol error")
+            End::Fault(CloseCode::Protocol)
         }
     }
-}
-
-/// Writes a batch as consecutive frames and flushes once: one socket write for many
-/// events when they are small.
-async fn write_items(
-    socket: &mut Socket,
-    items: &[Item],
-    gateway: &Gateway,
-    send_timeout: Duration,
-) -> Result<(), End> {
-    let mut deadline = SendDeadline::new(send_timeout);
-    let mut changes = 0u64;
-    for item in items {
-        let message = match item {
-            Item::Change(event) => {
-                changes += 1;
-                Message::Text(event.json.clone())
-            }
-            Item::Control(control) => Message::Text(control.json().into()),
-        };
-        outcome(deadline.run(socket.feed(message)).await)?;
-    }
-    outcome(deadline.run(socket.flush()).await)?;
-    record_sent(&gateway.metrics, items, Transport::Ws, changes);
-    Ok(())
 }
 
 /// Runs one write under its own send timeout.
 async fn timed(
     limit: Duration,
     write: impl std::future::Future<Output = Result<(), WsError>>,
-) -> Result<(), End> {
+) -> Sent<CloseCode> {
     outcome(SendDeadline::new(limit).run(write).await)
 }
 
 /// A write's result as the loop sees it: `None` is a write that timed out.
-fn outcome(result: Option<Result<(), WsError>>) -> Result<(), End> {
+fn outcome(result: Option<Result<(), WsError>>) -> Sent<CloseCode> {
     match result {
         Some(Ok(())) => Ok(()),
         Some(Err(err)) => Err(end_for_error(err)),
         None => Err(End::Lagging),
     }
-}
-
-async fn close(socket: &mut Socket, code: u16, reason: &'static str) {
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(Some(frame))).await;
 }
 
 #[cfg(test)]

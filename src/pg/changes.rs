@@ -1,5 +1,5 @@
 //! The queries on `realtime.change_log`: cursor reads, the head, the retention
-//! horizon, the tracked tables.
+//! horizon, the tracked tables; and [`ChangeLog`], the sessions' catch-up reader.
 //!
 //! Each runs with `query_typed`: an unnamed statement with its parameter types given,
 //! parsed, bound and executed in one round trip. A named prepared statement would take
@@ -14,9 +14,10 @@ use serde_json::Value;
 use tokio_postgres::types::{Json, Type};
 use tokio_postgres::{GenericClient, Row};
 
-use super::DbError;
+use super::{DbError, Pool};
 use crate::event::{ChangeRecord, Event};
 use crate::filter::Catalog;
+use crate::session::{CatchUp, CatchUpError, Page, Reading};
 
 /// Events after `cursor`, in id order, at most `limit`.
 pub const READ_AFTER: &str = r#"
@@ -129,4 +130,72 @@ pub async fn prune(
         .await?
         .try_get(0)?;
     Ok(deleted.max(0) as u64)
+}
+
+/// `change_log` as a session's catch-up reader: pages read through the pool, each
+/// with its horizon from one snapshot.
+#[derive(Debug)]
+pub struct ChangeLog {
+    /// Where catch-up reads borrow their connection, shared with REST calls.
+    pool: Arc<Pool>,
+}
+
+impl ChangeLog {
+    /// Reads through `pool`.
+    pub fn new(pool: Arc<Pool>) -> ChangeLog {
+        ChangeLog { pool }
+    }
+
+    async fn page(&self, cursor: u64, limit: usize) -> Result<Page, DbError> {
+        let mut client = self.pool.get().await?;
+        let deadline = client.deadline();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let page = self
+            .pool
+            .within(deadline, async {
+                let tx = client.snapshot().await?;
+                if cursor < pruned_upto(&tx).await? {
+                    return Ok(None);
+                }
+                let page = read_after(&tx, cursor, limit).await?;
+                tx.commit().await?;
+                Ok::<_, DbError>(Some(page))
+            })
+            .await?;
+        let Some(page) = page else {
+            return Ok(Page::Gone);
+        };
+        if page.is_empty() {
+            // The ring is ahead of the cursor yet the table holds nothing after it: the
+            // rows were deleted by other means than retention.
+            return Ok(Page::Gone);
+        }
+        Ok(Page::Events(page))
+    }
+
+    /// The newest id the database has committed or retention has deleted (see
+    /// [`HEAD`]). Not the sequence's `last_value`, which also counts ids drawn by transactions
+    /// that rolled back, and which no client can hold.
+    async fn issued(&self) -> Result<u64, DbError> {
+        let client = self.pool.get().await?;
+        self.pool.within(client.deadline(), head(&*client)).await
+    }
+}
+
+impl CatchUp for ChangeLog {
+    fn page_after(&self, cursor: u64, limit: usize) -> Reading<'_, Page> {
+        Box::pin(async move {
+            self.page(cursor, limit)
+                .await
+                .map_err(|err| CatchUpError(Box::new(err)))
+        })
+    }
+
+    fn issued_head(&self) -> Reading<'_, u64> {
+        Box::pin(async move {
+            self.issued()
+                .await
+                .map_err(|err| CatchUpError(Box::new(err)))
+        })
+    }
 }

@@ -46,8 +46,11 @@ pub enum TlsMode {
 /// A database to connect to.
 #[derive(Clone)]
 pub struct DbTarget {
+    /// Host, port, user, password, database, application name: what libpq would use.
     config: tokio_postgres::Config,
+    /// How far the server's certificate is checked (`sslmode`).
     tls: TlsMode,
+    /// The roots to verify against (`sslrootcert`); the system's when absent.
     root_cert: Option<PathBuf>,
 }
 
@@ -430,11 +433,6 @@ impl DbTarget {
     /// The TLS mode in force.
     pub fn tls_mode(&self) -> TlsMode {
         self.tls
-    }
-
-    /// The database name.
-    pub fn dbname(&self) -> &str {
-        self.config.get_dbname().unwrap_or_default()
     }
 
     /// The same server and credentials, another database.

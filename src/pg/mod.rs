@@ -1,6 +1,7 @@
 //! Everything that talks to PostgreSQL: connecting (TLS, every step under a deadline),
-//! the pool, migrations, the embedded private server, the change-log queries, the
-//! catalog of tracked tables and the source task.
+//! start-up, the pool, migrations, the embedded private server, the change-log queries
+//! (and the sessions' catch-up reader), the catalog of tracked tables, the source task
+//! and retention.
 
 pub mod catalog;
 pub mod changes;
@@ -8,7 +9,9 @@ pub mod connect;
 pub mod embedded;
 pub mod migrate;
 pub mod pool;
+pub mod retention;
 pub mod source;
+pub mod startup;
 
 pub use connect::{DbError, DbTarget};
 pub use pool::Pool;

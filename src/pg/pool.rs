@@ -31,13 +31,17 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(4);
 /// on a silent server can be closed at once (aborting the driver drops the socket).
 #[derive(Debug)]
 struct Conn {
+    /// The client requests run on.
     client: Client,
+    /// The task driving the connection: aborted when the connection is dropped
+    /// rather than reused, so a silent server's socket is closed at once.
     driver: tokio::task::AbortHandle,
 }
 
 /// A bounded pool of connections to one database.
 #[derive(Debug)]
 pub struct Pool {
+    /// Where new connections go.
     target: DbTarget,
     /// Connections not in use; checked for `is_closed` before reuse.
     idle: Mutex<Vec<Conn>>,
@@ -49,11 +53,14 @@ pub struct Pool {
 /// dropped before its deadline.
 #[derive(Debug)]
 pub struct PooledClient {
+    /// Where the connection goes back on drop.
     pool: Arc<Pool>,
+    /// The connection; `None` only while being returned in `drop`.
     client: Option<Conn>,
     /// When the loan's work must be done; dropped later, the connection may still
     /// be waiting on a silent server, so it is closed instead of reused.
     deadline: Instant,
+    /// The pool's permit for this connection, released with it.
     _permit: OwnedSemaphorePermit,
 }
 

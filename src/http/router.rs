@@ -1,5 +1,9 @@
-//! Routing: path and method to handler, CORS, and the response counter.
+//! Where a connection and each of its requests go: a first request that is a plain
+//! `GET /events` is served on the socket (see [`super::sniff`]), everything else by
+//! hyper; then path and method to handler, CORS, and the response counter.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{
@@ -9,14 +13,21 @@ use http::header::{
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
 
 use super::body::{empty, Body};
+use super::conn::Connection;
 use super::error::ApiError;
-use super::server::Connection;
+use super::sniff::{self, FirstRequest};
 use super::{api, ops, sse, ui, ws};
 use crate::auth::{self, Grant};
 use crate::filter::{parse_position, StreamParams};
 use crate::gateway::Gateway;
+use crate::metrics::Limit;
 use crate::pg::catalog::Pace;
 
 /// The resources, each with the methods it allows.
@@ -75,16 +86,118 @@ pub fn route_name(path: &str) -> Option<&'static str> {
     })
 }
 
-/// Serves one request; never fails (errors become responses here).
-pub async fn handle(
+/// Serves one accepted connection until it ends: a first `GET /events` admitted here
+/// streams on the socket; anything else, a refused `GET /events` included, goes to
+/// hyper.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    connection: Connection,
+) {
+    let _ = stream.set_nodelay(true);
+    let config = &gateway.config;
+    let refusal =
+        match sniff::first_request(&stream, config.header_timeout, config.max_header_bytes).await {
+            // Boxed: it may wait for a catalog read, and unboxed it would size the
+            // task of every connection.
+            FirstRequest::Events { request, head_len } => {
+                match Box::pin(admit_events(&request, &gateway)).await {
+                    Ok((headers, params)) => {
+                        if sse::consume_head(&mut stream, head_len).await.is_ok() {
+                            sse::serve_on_socket(stream, headers, params, gateway, connection)
+                                .await;
+                        }
+                        return;
+                    }
+                    // hyper reads the same request and answers this error.
+                    Err(err) => Some(err),
+                }
+            }
+            FirstRequest::TimedOut => {
+                gateway.metrics.reject(Limit::HeaderTimeout);
+                tracing::debug!(%peer, "no request within the header timeout");
+                return;
+            }
+            FirstRequest::Closed => return,
+            FirstRequest::Other => None,
+        };
+    // Boxed: hyper's connection state is kilobytes, and unboxed it would size the
+    // task of every connection, SSE streams served above included.
+    Box::pin(serve_http(stream, peer, gateway, connection, refusal)).await;
+}
+
+/// Serves a connection with hyper: HTTP/1.1 keep-alive, upgrades, graceful shutdown.
+/// `refusal` is the answer to the first request, already decided by [`admit_events`].
+async fn serve_http(
+    stream: TcpStream,
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    connection: Connection,
+    refusal: Option<ApiError>,
+) {
+    let kill = connection.kill.clone();
+    // HTTP/1.1 serves requests one after another, so the first call takes it.
+    let refusal = Mutex::new(refusal);
+    let service = {
+        let gateway = Arc::clone(&gateway);
+        service_fn(move |request| {
+            let gateway = Arc::clone(&gateway);
+            let connection = connection.clone();
+            let refusal = refusal.lock().take();
+            async move { Ok::<_, Infallible>(handle(request, gateway, connection, refusal).await) }
+        })
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(gateway.config.header_timeout)
+        .max_buf_size(gateway.config.max_header_bytes)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    if err.is_parse_too_large() {
+                        gateway.metrics.reject(Limit::HeaderSize);
+                    } else if err.is_timeout() {
+                        gateway.metrics.reject(Limit::HeaderTimeout);
+                    }
+                    tracing::debug!(%err, %peer, "connection ended with an error");
+                }
+                return;
+            }
+            _ = kill.cancelled() => {
+                tracing::debug!(%peer, "connection dropped");
+                return;
+            }
+            _ = gateway.shutdown.cancelled(), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
+}
+
+/// Serves one request; never fails (errors become responses here). `refusal`, if
+/// any, is its answer, decided before hyper read it.
+async fn handle(
     request: Request<Incoming>,
     gateway: Arc<Gateway>,
     connection: Connection,
+    refusal: Option<ApiError>,
 ) -> Response<Body> {
     let origin = request.headers().get(ORIGIN).cloned();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let mut response = match dispatch(request, &gateway, connection).await {
+    let dispatched = match refusal {
+        Some(err) => Err(err),
+        None => dispatch(request, &gateway, connection).await,
+    };
+    let mut response = match dispatched {
         Ok(response) => response,
         Err(err) => err.into_response(),
     };
@@ -165,21 +278,21 @@ async fn dispatch(
 
 /// Admits a `GET /events` read off the socket before hyper (see [`super::sniff`]) with
 /// the same checks as the route: on success, the response headers (CORS included; the
-/// 200 is counted) and the stream's parameters. `None` when the request is refused:
-/// hyper then serves it and answers the error, as for any other request.
-pub async fn admit_events(
+/// 200 is counted) and the stream's parameters. On refusal, the error hyper answers
+/// the request with once it reads it (counted then, with CORS, as for any request).
+async fn admit_events(
     request: &Request<()>,
     gateway: &Gateway,
-) -> Option<(HeaderMap, StreamParams)> {
+) -> Result<(HeaderMap, StreamParams), ApiError> {
     let (query, query_token) = auth::take_access_token(request.uri().query().unwrap_or(""));
     let credential = credential(request.headers(), query_token);
-    let params = stream_params(&query, gateway).await.ok()?;
-    let params = events_params(params, credential.as_deref(), request.headers(), gateway).ok()?;
+    let params = stream_params(&query, gateway).await?;
+    let params = events_params(params, credential.as_deref(), request.headers(), gateway)?;
     let mut response = sse::response_head();
     apply_cors(gateway, request.headers().get(ORIGIN), &mut response);
     gateway.metrics.record_response(response.status().as_u16());
     tracing::debug!(method = %Method::GET, path = "/events", status = 200, "request");
-    Some((std::mem::take(response.headers_mut()), params))
+    Ok((std::mem::take(response.headers_mut()), params))
 }
 
 /// The bearer token of the `Authorization` header, else the `access_token` parameter.

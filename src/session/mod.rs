@@ -1,0 +1,461 @@
+//! A stream session, the same for every transport: where a client is, what it wants,
+//! the next messages to send it, and the one loop that carries them to a [`Sink`].
+//!
+//! A session is a cursor. It serves its backlog (from the ring, or through
+//! [`CatchUp`] when the ring no longer holds it), announces `ready`, then follows the
+//! ring as the hub wakes it. A client too far behind for the ring is paged from the
+//! catch-up reader and rejoins the ring; only when its position was deleted does it
+//! get `reset`. [`serve`] adds what every transport needs: heartbeats, shutdown,
+//! lagging clients and the stream metrics.
+
+pub mod catchup;
+pub mod sink;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use catchup::{CatchUp, CatchUpError, Page, Reading};
+pub use sink::{End, SendDeadline, Sent, Sink};
+
+use crate::event::{Control, Event};
+use crate::filter::{Selection, StreamParams};
+use crate::hub::{Hub, Registration};
+use crate::log::{EventLog, Read};
+use crate::metrics::{Metrics, Transport};
+
+/// Most events handed to a transport at once (one coalesced write).
+pub const MAX_BATCH: usize = 512;
+/// Events per catch-up read.
+const PAGE: usize = 1000;
+/// Wait before retrying a catch-up read that failed (database down).
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Something to send.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A change event (shared, encoded once).
+    Change(Arc<Event>),
+    /// A control message.
+    Control(Control),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Sending the events after `since`; `ready` not yet sent.
+    Backlog { replayed: u64 },
+    /// `ready` sent; following the ring.
+    Live,
+}
+
+/// One client's stream.
+#[derive(Debug)]
+pub struct Session {
+    /// The recent events, read by cursor: where a live session finds its batches.
+    log: Arc<EventLog>,
+    /// History older than the ring, for a client that reconnects from far back.
+    catch_up: Arc<dyn CatchUp>,
+    /// What the client asked for (tables, ops, filters).
+    selection: Selection,
+    /// The hub's doorbell for this session; dropping it unsubscribes.
+    registration: Registration,
+    /// Every event up to here was sent or did not match.
+    cursor: u64,
+    /// Whether `ready` was sent, and how many backlog events preceded it.
+    phase: Phase,
+    /// Set when a catch-up read failed, so the next wait is bounded.
+    retry_pending: bool,
+    /// The vector ring reads are copied into, kept between batches.
+    scratch: Vec<Arc<Event>>,
+}
+
+impl Session {
+    /// Registers with the hub first, then fixes the start position, so no event can
+    /// slip between the two.
+    pub fn open(
+        log: Arc<EventLog>,
+        hub: &Arc<Hub>,
+        catch_up: Arc<dyn CatchUp>,
+        params: StreamParams,
+    ) -> Session {
+        let registration = hub.register(&params.selection);
+        let cursor = params.since.unwrap_or_else(|| log.head());
+        Session {
+            log,
+            catch_up,
+            selection: params.selection,
+            registration,
+            cursor,
+            phase: Phase::Backlog { replayed: 0 },
+            retry_pending: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The client's position: every event up to it was delivered or did not match.
+    pub fn position(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Appends the next messages to `out` (nothing if there is nothing to send now).
+    /// At most [`MAX_BATCH`] changes.
+    pub async fn next_batch(&mut self, out: &mut Vec<Item>) {
+        let mut events = std::mem::take(&mut self.scratch);
+        let read = {
+            let selection = &self.selection;
+            self.log.read_after(
+                self.cursor,
+                MAX_BATCH,
+                |e| selection.matches(e),
+                &mut events,
+            )
+        };
+        match read {
+            Read::Scanned { position, more } => {
+                self.cursor = position;
+                self.push_changes(events, out);
+                if let (Phase::Backlog { replayed }, false) = (self.phase, more) {
+                    if position > self.log.head() {
+                        // `since` is ahead of this replica: legitimate if the database
+                        // issued it (the client came from a replica a little ahead).
+                        match self.catch_up.issued_head().await {
+                            Ok(issued) if position > issued => {
+                                // From another database or a restored backup: the
+                                // client must start over, not wait for that number.
+                                let head = self.log.head();
+                                tracing::debug!(
+                                    position,
+                                    issued,
+                                    head,
+                                    "position never issued; reset"
+                                );
+                                self.cursor = head;
+                                out.push(Item::Control(Control::Reset { head }));
+                                return;
+                            }
+                            Ok(_) => {}
+                            Err(err) => {
+                                tracing::warn!(%err, "reading the database's head failed; retrying");
+                                self.retry_pending = true;
+                                return;
+                            }
+                        }
+                    }
+                    // The scan reached the head it saw, or the client's position when
+                    // that is ahead (so its `lastEventId` never moves backwards). A
+                    // head read now may be newer, and would announce as sent events
+                    // that only follow `ready`.
+                    self.retry_pending = false;
+                    out.push(Item::Control(Control::Ready {
+                        head: position,
+                        replayed,
+                    }));
+                    self.phase = Phase::Live;
+                }
+            }
+            Read::Behind { .. } => match self.catch_up.page_after(self.cursor, PAGE).await {
+                Ok(Page::Events(page)) => {
+                    self.retry_pending = false;
+                    let matching: Vec<Arc<Event>> = page
+                        .into_iter()
+                        .filter(|event| {
+                            // Already sent live when it was new: keep catch-up copies
+                            // out of the commit→send latency histogram.
+                            event.mark_first_send();
+                            self.cursor = self.cursor.max(event.id);
+                            self.selection.matches(event)
+                        })
+                        .collect();
+                    self.push_changes(matching, out);
+                }
+                Ok(Page::Gone) => {
+                    self.retry_pending = false;
+                    let head = self.log.head();
+                    tracing::debug!(position = self.cursor, head, "history gone; reset");
+                    self.cursor = head;
+                    out.push(Item::Control(Control::Reset { head }));
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "catch-up read failed; retrying");
+                    self.retry_pending = true;
+                }
+            },
+        }
+    }
+
+    /// Waits until there may be something new: a hub wake-up, or the retry delay
+    /// after a failed catch-up read.
+    pub async fn wait(&self) {
+        if self.retry_pending {
+            // Boxed, like the catch-up read: rare, and a timer would size every
+            // session's future.
+            let _ = Box::pin(tokio::time::timeout(RETRY, self.registration.woken())).await;
+        } else {
+            self.registration.woken().await;
+        }
+    }
+
+    /// Moves `events` into `out` and keeps the emptied vector for the next read, so
+    /// a live session allocates nothing per batch.
+    fn push_changes(&mut self, mut events: Vec<Arc<Event>>, out: &mut Vec<Item>) {
+        if let Phase::Backlog { replayed } = &mut self.phase {
+            *replayed += events.len() as u64;
+        }
+        out.extend(events.drain(..).map(Item::Change));
+        if events.capacity() > self.scratch.capacity() {
+            self.scratch = events;
+        }
+    }
+}
+
+/// What the loop needs besides the session and the sink.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace<'a> {
+    /// The heartbeat period (`--heartbeat`).
+    pub heartbeat: Duration,
+    /// Cancelled at shutdown: the stream ends with [`End::Shutdown`].
+    pub shutdown: &'a CancellationToken,
+    /// Where the connection gauge, deliveries and lagging disconnects are counted.
+    pub metrics: &'a Metrics,
+}
+
+/// Runs a session into `sink` until either ends: the one loop behind every transport.
+/// Returns why it ended; closing the transport is the caller's part.
+pub async fn serve<S: Sink>(session: &mut Session, sink: &mut S, pace: Pace<'_>) -> End<S::Fault> {
+    let gauge = pace.metrics.connections(S::TRANSPORT);
+    gauge.inc();
+    let end = run(session, sink, pace).await;
+    gauge.dec();
+    if let End::Lagging = end {
+        pace.metrics.lagging_disconnects.inc();
+        tracing::debug!(
+            position = session.position(),
+            transport = S::TRANSPORT.label(),
+            "disconnecting a lagging client"
+        );
+    }
+    end
+}
+
+async fn run<S: Sink>(session: &mut Session, sink: &mut S, pace: Pace<'_>) -> End<S::Fault> {
+    if let Err(end) = sink.open().await {
+        return end;
+    }
+    let period = pace.heartbeat;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut items = Vec::new();
+    // Made once: a new future per turn would lock the token's waiter list, which
+    // every session shares, twice per turn.
+    let shutdown = pace.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    loop {
+        items.clear();
+        session.next_batch(&mut items).await;
+        if !items.is_empty() {
+            if let Err(end) = sink.send(&items).await {
+                return end;
+            }
+            record_sent(pace.metrics, &items, S::TRANSPORT);
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => return End::Shutdown,
+            _ = session.wait() => {}
+            incoming = sink.incoming() => {
+                // Boxed: client messages are rare (pongs), and the answer's future
+                // would size every stream's task.
+                if let Err(end) = Box::pin(sink.answer(incoming)).await {
+                    return end;
+                }
+            }
+            _ = heartbeat.tick() => {
+                // Advance the position past anything that did not match first.
+                items.clear();
+                session.next_batch(&mut items).await;
+                if let Err(end) = sink.heartbeat(&items, session.position()).await {
+                    return end;
+                }
+                record_sent(pace.metrics, &items, S::TRANSPORT);
+            }
+        }
+    }
+}
+
+/// Counts a written batch: its changes as deliveries, and commit→send latency for
+/// the events sent here first.
+fn record_sent(metrics: &Metrics, items: &[Item], transport: Transport) {
+    let mut changes = 0;
+    let mut now_micros = None;
+    for item in items {
+        if let Item::Change(event) = item {
+            changes += 1;
+            if event.mark_first_send() {
+                let now = *now_micros.get_or_insert_with(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_micros() as i64)
+                        .unwrap_or(0)
+                });
+                metrics
+                    .commit_to_send
+                    .observe_micros(now - event.committed_at_micros);
+            }
+        }
+    }
+    if changes > 0 {
+        metrics.delivered(transport).add(changes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::Catalog;
+    use crate::testing::{self, History};
+    use serde_json::json;
+
+    fn event(id: i64) -> Arc<Event> {
+        testing::event(id, "orders", "INSERT", Some(json!({"id": id})), None)
+    }
+
+    /// A ring of 4 holding events 5..=8, and history holding `history`.
+    fn open(since: u64, history: History) -> Session {
+        let log = Arc::new(EventLog::new(4, 0));
+        log.append((1..=8).map(event));
+        let catalog = Catalog::new([("orders".to_owned(), vec!["id".to_owned()])]);
+        let params = StreamParams::parse(&format!("since={since}"), &catalog).unwrap();
+        Session::open(log, &Hub::new(), Arc::new(history), params)
+    }
+
+    fn summary(items: &[Item]) -> Vec<String> {
+        items
+            .iter()
+            .map(|item| match item {
+                Item::Change(event) => event.id.to_string(),
+                Item::Control(control) => control.json(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_backlog_older_than_the_ring_is_paged_from_history_then_ready() {
+        let history = History {
+            events: (1..=8).map(event).collect(),
+            pruned_upto: 0,
+        };
+        let mut session = open(2, history);
+        let mut items = Vec::new();
+        session.next_batch(&mut items).await;
+        assert_eq!(summary(&items), ["3", "4", "5", "6", "7", "8"]);
+        items.clear();
+        session.next_batch(&mut items).await;
+        assert_eq!(
+            summary(&items),
+            [r#"{"type":"ready","head":"8","replayed":6}"#]
+        );
+        assert_eq!(session.position(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_position_retention_deleted_gets_reset_to_the_head() {
+        let history = History {
+            events: (7..=8).map(event).collect(),
+            pruned_upto: 6,
+        };
+        let mut session = open(2, history);
+        let mut items = Vec::new();
+        session.next_batch(&mut items).await;
+        assert_eq!(
+            summary(&items),
+            [r#"{"type":"reset","reason":"history_gone","head":"8"}"#]
+        );
+        assert_eq!(session.position(), 8);
+    }
+
+    /// Records what the loop hands it; ends the stream after `heartbeats` heartbeats.
+    #[derive(Default)]
+    struct Recorder {
+        sent: Vec<String>,
+        heartbeats: usize,
+    }
+
+    impl Sink for Recorder {
+        type Fault = ();
+        type Incoming = ();
+        const TRANSPORT: Transport = Transport::Ws;
+
+        async fn open(&mut self) -> Sent<()> {
+            self.sent.push("open".into());
+            Ok(())
+        }
+
+        async fn send(&mut self, items: &[Item]) -> Sent<()> {
+            self.sent.extend(summary(items));
+            Ok(())
+        }
+
+        async fn heartbeat(&mut self, items: &[Item], position: u64) -> Sent<()> {
+            self.sent.extend(summary(items));
+            self.sent.push(format!("heartbeat {position}"));
+            self.heartbeats += 1;
+            if self.heartbeats == 2 {
+                return Err(End::Fault(()));
+            }
+            Ok(())
+        }
+
+        async fn incoming(&mut self) {
+            std::future::pending().await
+        }
+
+        async fn answer(&mut self, (): ()) -> Sent<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_loop_sends_backlog_then_ready_then_heartbeats_until_the_sink_ends() {
+        let mut session = open(6, History::default());
+        let mut sink = Recorder::default();
+        let metrics = Metrics::default();
+        let shutdown = CancellationToken::new();
+        let pace = Pace {
+            heartbeat: Duration::from_millis(10),
+            shutdown: &shutdown,
+            metrics: &metrics,
+        };
+        let end = serve(&mut session, &mut sink, pace).await;
+        assert_eq!(end, End::Fault(()));
+        assert_eq!(
+            sink.sent,
+            [
+                "open",
+                "7",
+                "8",
+                r#"{"type":"ready","head":"8","replayed":2}"#,
+                "heartbeat 8",
+                "heartbeat 8",
+            ]
+        );
+        assert_eq!(metrics.delivered(Transport::Ws).get(), 2);
+        assert_eq!(metrics.connections(Transport::Ws).get(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_loop_ends_at_shutdown() {
+        let mut session = open(8, History::default());
+        let mut sink = Recorder::default();
+        let metrics = Metrics::default();
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let pace = Pace {
+            heartbeat: Duration::from_secs(15),
+            shutdown: &shutdown,
+            metrics: &metrics,
+        };
+        assert_eq!(serve(&mut session, &mut sink, pace).await, End::Shutdown);
+    }
+}

@@ -1,0 +1,69 @@
+//! Test support shared by the unit tests and the benches: events built from a few
+//! fields, and history in memory for sessions. Not part of the API.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::event::{ChangeRecord, Event};
+use crate::session::{CatchUp, Page, Reading};
+
+/// The commit time every test event carries.
+pub const COMMITTED_AT: &str = "2026-11-24T21:00:00.123456Z";
+
+/// A `change_log` row with these fields, committed at [`COMMITTED_AT`].
+pub fn record(
+    id: i64,
+    table: &str,
+    op: &str,
+    row: Option<Value>,
+    old: Option<Value>,
+) -> ChangeRecord {
+    ChangeRecord {
+        id,
+        table: table.into(),
+        op: op.into(),
+        row,
+        old,
+        committed_at: COMMITTED_AT.into(),
+        committed_at_micros: 0,
+    }
+}
+
+/// The event of [`record`]; panics if the fields cannot make one (a broken test).
+pub fn event(id: i64, table: &str, op: &str, row: Option<Value>, old: Option<Value>) -> Arc<Event> {
+    Arc::new(Event::from_record(record(id, table, op, row, old)).expect("a valid test event"))
+}
+
+/// History held in memory, as a session's catch-up reader: what `change_log` would
+/// return, without a database.
+#[derive(Debug, Default)]
+pub struct History {
+    /// The events, in id order.
+    pub events: Vec<Arc<Event>>,
+    /// The highest id deleted, as retention records it: a reader below it is gone.
+    pub pruned_upto: u64,
+}
+
+impl CatchUp for History {
+    fn page_after(&self, cursor: u64, limit: usize) -> Reading<'_, Page> {
+        let page: Vec<Arc<Event>> = self
+            .events
+            .iter()
+            .filter(|event| event.id > cursor)
+            .take(limit)
+            .cloned()
+            .collect();
+        let gone = cursor < self.pruned_upto || page.is_empty();
+        Box::pin(std::future::ready(Ok(if gone {
+            Page::Gone
+        } else {
+            Page::Events(page)
+        })))
+    }
+
+    fn issued_head(&self) -> Reading<'_, u64> {
+        let newest = self.events.last().map_or(0, |event| event.id);
+        Box::pin(std::future::ready(Ok(newest.max(self.pruned_upto))))
+    }
+}
