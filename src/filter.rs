@@ -219,20 +219,13 @@ fn parse_ops(value: &str) -> Result<u8, ParamError> {
 pub struct Selection {
     /// `None`: every tracked table.
     pub tables: Option<Vec<Arc<str>>>,
+    /// The `ops=` asked for, one [`crate::event::Op::bit`] each.
     ops: u8,
+    /// The `filter=` conditions, all of which an event must pass.
     filters: Vec<Filter>,
 }
 
 impl Selection {
-    /// Everything.
-    pub fn all() -> Selection {
-        Selection {
-            tables: None,
-            ops: ALL_OPS,
-            filters: Vec::new(),
-        }
-    }
-
     /// Whether the event passes the table, op and row filters.
     pub fn matches(&self, event: &Event) -> bool {
         if self.ops & event.op.bit() == 0 {
