@@ -13,6 +13,8 @@ use crate::query::{self, QueryError};
 /// The tracked tables and their columns, as the stream parameters see them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {
+    /// Table name (`schema.table` outside `public`) to its columns: what `tables=`
+    /// and `filter=` are checked against.
     tables: HashMap<String, Vec<String>>,
 }
 
@@ -284,7 +286,9 @@ pub fn value_key(value: &Value) -> Option<String> {
 /// One `filter=<column>=<op>.<value>` condition on the event's row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filter {
+    /// The row's column it looks at.
     column: String,
+    /// What the column's value must pass.
     test: Test,
 }
 
@@ -320,7 +324,9 @@ impl Comparison {
 /// A filter value, kept as text and, when it reads as a number, as that number.
 #[derive(Debug, Clone, PartialEq)]
 struct Operand {
+    /// As written: compared with string values.
     text: String,
+    /// As a number, when it reads as one: compared with numeric values.
     number: Option<Number>,
 }
 

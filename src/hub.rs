@@ -45,9 +45,13 @@ pub struct Hub {
 /// A live subscription; dropping it unregisters.
 #[derive(Debug)]
 pub struct Registration {
+    /// The hub to leave on drop.
     hub: Arc<Hub>,
+    /// This registration's entry in each of its groups.
     id: u64,
+    /// The groups it is filed under, so dropping it leaves exactly those.
     keys: Vec<Key>,
+    /// What the hub rings and the session waits on.
     doorbell: Arc<Doorbell>,
 }
 
@@ -56,7 +60,9 @@ pub struct Registration {
 /// list on every wait and every wake, which a fan-out does per subscriber per event).
 #[derive(Debug, Default)]
 struct Doorbell {
+    /// Set by a wake-up, cleared by the wait that consumes it: a permit, not a queue.
     rung: AtomicBool,
+    /// The subscriber's task, woken when the bell rings.
     waker: AtomicWaker,
 }
 

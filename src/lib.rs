@@ -6,25 +6,34 @@
 //!
 //! # Layout
 //!
-//! The modules follow the data, from the database to the socket:
+//! The modules follow the data, from the database to the socket; arrows only point
+//! down: [`http`] → [`session`] → {[`log`], [`hub`], [`filter`]} → [`event`], and
+//! [`pg`] implements what [`session`] and [`gateway`] name.
 //!
+//! - [`gateway`]: the top of the tree, wiring only: builds the PostgreSQL pieces, the
+//!   ring, the hub and the state every connection shares; starts the source and
+//!   retention.
 //! - [`pg`]: PostgreSQL. Capture happens in SQL (`sql/`, applied by [`pg::migrate`]):
 //!   a deferred trigger writes each change to `realtime.change_log` with an id drawn
 //!   in commit order and rings a NOTIFY doorbell. [`pg::source`] reads the log by
-//!   cursor when the doorbell rings or a poll tick fires; [`pg::embedded`] starts a
-//!   private server when none is configured.
+//!   cursor when the doorbell rings or a poll tick fires; [`pg::changes`] holds the
+//!   queries and the sessions' catch-up reader; [`pg::retention`] prunes;
+//!   [`pg::startup`] finds the database and [`pg::embedded`] starts a private server
+//!   when none is configured.
 //! - [`event`]: a change as the gateway holds it, serialised once into its wire forms.
 //! - [`log`]: the ring of recent events; "events after id X" in O(log n).
-//! - [`hub`]: the subscribers, woken per table touched.
+//! - [`hub`]: the subscribers, woken per table (or filtered value) touched.
 //! - [`filter`]: stream parameters (`since`, `tables`, `ops`, `filter`) and matching.
-//! - [`stream`]: one client's session — backlog, `ready`, `reset`, live batches —
-//!   shared by both transports.
-//! - [`http`]: the hyper server: REST for `orders`, `/ws`, `/events`, `/healthz`,
-//!   `/readyz`, `/metrics` and the UI; [`http::error`] is the one place errors become
-//!   responses.
-//! - [`gateway`]: start-up and the state every connection shares; [`config`] reads
-//!   flags and environment; [`metrics`] renders Prometheus text; [`auth`] checks
-//!   bearer tokens and JWTs when authentication is on.
+//! - [`session`]: one client's stream, transport-agnostic — backlog (from the ring or
+//!   through [`session::CatchUp`]), `ready`, `reset`, live batches — and the one loop
+//!   (heartbeats, shutdown, lagging clients) that drives any [`session::Sink`].
+//! - [`http`]: the hyper server: [`http::server`] accepts and limits connections,
+//!   [`http::router`] sends each to REST for `orders`, `/ws`, `/events`, `/healthz`,
+//!   `/readyz`, `/metrics` or the UI; [`http::error`] is the one place errors reach
+//!   the wire (statuses, close codes, in-stream errors).
+//! - [`config`] reads flags and environment; [`metrics`] renders Prometheus text;
+//!   [`auth`] checks bearer tokens and JWTs when authentication is on; [`query`]
+//!   splits query strings.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -33,6 +33,8 @@ pub enum Read {
 /// The ring buffer of recent events.
 #[derive(Debug)]
 pub struct EventLog {
+    /// The ring, written by the source alone and read by every session: reads take
+    /// the lock shared and only for the copy of a batch.
     ring: RwLock<Ring>,
 }
 
@@ -40,6 +42,7 @@ pub struct EventLog {
 struct Ring {
     /// `capacity` slots (a power of two); slot `pos & mask` holds the event at `pos`.
     slots: Box<[Option<Arc<Event>>]>,
+    /// `slots.len() - 1`: a position's slot by masking, not dividing.
     mask: u64,
     /// The logical capacity asked for (at most `slots.len()`).
     capacity: u64,

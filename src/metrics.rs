@@ -58,8 +58,12 @@ const LATENCY_BUCKETS: [f64; 14] = [
 /// A fixed-bucket histogram of durations.
 #[derive(Debug, Default)]
 pub struct Histogram {
+    /// Observations per bucket of `LATENCY_BUCKETS` (not cumulative; summed when
+    /// rendered).
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    /// All observations: Prometheus' `_count`.
     count: AtomicU64,
+    /// Their sum: Prometheus' `_sum`.
     sum_micros: AtomicU64,
 }
 

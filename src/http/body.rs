@@ -31,6 +31,7 @@ pub fn empty() -> Body {
 /// whenever the client does not read, so a stalled client costs no memory.
 #[derive(Debug)]
 pub struct ChannelBody {
+    /// The stream task's chunks; a full one-slot channel is a client not reading.
     rx: mpsc::Receiver<Bytes>,
 }
 

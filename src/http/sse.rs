@@ -1,6 +1,6 @@
 //! `GET /events`: the Server-Sent Events transport (`EventSource`, `curl -N`).
 //!
-//! The session loop ([`crate::session::serve`]) serves a stream into an [`SseSink`]
+//! The session loop ([`crate::session::serve`]) serves a stream into an `SseSink`
 //! over either of two block writers:
 //! - **on the socket** ([`serve_on_socket`]): a connection whose first request is a
 //!   plain `GET /events` (see [`super::sniff`]) is answered here, without hyper: the

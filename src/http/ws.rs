@@ -2,7 +2,7 @@
 //!
 //! The handshake is answered by hand on hyper's upgrade; tokio-tungstenite then runs
 //! the protocol with small buffers, so ten thousand idle sockets cost little. One task
-//! per socket runs the session loop ([`crate::session::serve`]) into a [`WsSink`]:
+//! per socket runs the session loop ([`crate::session::serve`]) into a `WsSink`:
 //! coalesced batches, heartbeats with pings, answers to client frames.
 
 use std::sync::Arc;

@@ -66,9 +66,14 @@ impl Default for Options {
 /// A running private server.
 #[derive(Debug)]
 pub struct Embedded {
+    /// Where `pg_ctl` lives: the same tools stop the server at exit.
     bindir: PathBuf,
+    /// The cluster's files, kept between runs so data survives a restart.
     data_dir: PathBuf,
+    /// The loopback port it listens on, for the targets handed out.
     port: u16,
+    /// The unprivileged user and group the tools run as when rowcast runs as root
+    /// (PostgreSQL refuses to run as root).
     run_as: Option<(u32, u32)>,
     /// The server options given to `pg_ctl start` (port, sockets, durability).
     settings: String,
