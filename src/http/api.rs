@@ -15,7 +15,7 @@ use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
 
-use super::body::{empty, full, Body};
+use super::body::{empty, json, Body};
 use super::error::ApiError;
 use crate::gateway::Gateway;
 use crate::pg::DbError;
@@ -99,7 +99,7 @@ pub async fn list(gateway: &Gateway, query_string: &str) -> Result<Response<Body
             Ok::<_, DbError>((rows, position))
         })
         .await?;
-    let mut response = json_response(StatusCode::OK, rows);
+    let mut response = json(StatusCode::OK, rows);
     response
         .headers_mut()
         .insert("x-event-id", HeaderValue::from(position));
@@ -120,7 +120,7 @@ pub async fn get(gateway: &Gateway, id: i32) -> Result<Response<Body>, ApiError>
         )
         .await?;
     match row {
-        Some(row) => Ok(json_response(StatusCode::OK, row.try_get::<_, String>(0)?)),
+        Some(row) => Ok(json(StatusCode::OK, row.try_get::<_, String>(0)?)),
         None => Err(not_found(id)),
     }
 }
@@ -160,7 +160,7 @@ pub async fn create(
         )
         .await?;
     let id: i32 = row.try_get(0)?;
-    let mut response = json_response(StatusCode::CREATED, row.try_get::<_, String>(1)?);
+    let mut response = json(StatusCode::CREATED, row.try_get::<_, String>(1)?);
     response.headers_mut().insert(
         LOCATION,
         HeaderValue::from_str(&format!("/api/orders/{id}")).map_err(|_| ApiError::Internal)?,
@@ -205,7 +205,7 @@ pub async fn update(
         )
         .await?;
     match row {
-        Some(row) => Ok(json_response(StatusCode::OK, row.try_get::<_, String>(0)?)),
+        Some(row) => Ok(json(StatusCode::OK, row.try_get::<_, String>(0)?)),
         None => Err(not_found(id)),
     }
 }
@@ -233,15 +233,6 @@ pub async fn delete(gateway: &Gateway, id: i32) -> Result<Response<Body>, ApiErr
 
 fn not_found(id: i32) -> ApiError {
     ApiError::NotFound(format!("no order with id {id}"))
-}
-
-fn json_response(status: StatusCode, json: String) -> Response<Body> {
-    let mut response = Response::new(full(json));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }
 
 /// Checks the declared type and size, then reads and parses the body.

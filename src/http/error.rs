@@ -11,7 +11,7 @@ use http::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW
 use http::{Response, StatusCode};
 use serde::Serialize;
 
-use super::body::{full, Body};
+use super::body::{json, Body};
 use crate::filter::ParamError;
 use crate::metrics::Limit;
 use crate::pg::DbError;
@@ -298,8 +298,7 @@ impl ApiError {
 
     /// The whole response.
     pub fn into_response(self) -> Response<Body> {
-        let mut response = Response::new(full(self.body_json()));
-        *response.status_mut() = self.status();
+        let mut response = json(self.status(), self.body_json());
         self.put_headers(response.headers_mut());
         response
     }

@@ -3,7 +3,7 @@
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 
-use super::body::{full, Body};
+use super::body::{full, json, Body};
 use super::error::ApiError;
 use crate::gateway::Gateway;
 use crate::pg::source::SourceMode;
@@ -43,14 +43,5 @@ pub fn metrics(gateway: &Gateway) -> Response<Body> {
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    response
-}
-
-fn json(status: StatusCode, body: String) -> Response<Body> {
-    let mut response = Response::new(full(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

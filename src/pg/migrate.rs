@@ -2,7 +2,7 @@
 //! one transaction under an advisory lock, so replicas starting together are safe.
 
 use tokio_postgres::types::Type;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use super::DbError;
 
@@ -51,12 +51,7 @@ pub async fn apply(client: &mut Client) -> Result<Vec<i32>, DbError> {
          );",
     )
     .await?;
-    let done: Vec<i32> = tx
-        .query_typed("SELECT version FROM realtime.migrations", &[])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let done = applied_versions(&tx).await?;
     let mut applied = Vec::new();
     for migration in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
         tx.batch_execute(migration.sql).await?;
@@ -85,12 +80,7 @@ pub async fn check(client: &Client) -> Result<(), DbError> {
             "realtime.migrations does not exist".into(),
         ));
     }
-    let done: Vec<i32> = client
-        .query_typed("SELECT version FROM realtime.migrations", &[])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let done = applied_versions(client).await?;
     let missing: Vec<String> = MIGRATIONS
         .iter()
         .filter(|m| !done.contains(&m.version))
@@ -126,4 +116,14 @@ pub async fn seed(client: &Client) -> Result<u64, DbError> {
         )
         .await?;
     Ok(inserted)
+}
+
+/// The versions `realtime.migrations` records as applied.
+async fn applied_versions(client: &impl GenericClient) -> Result<Vec<i32>, DbError> {
+    Ok(client
+        .query_typed("SELECT version FROM realtime.migrations", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
 }
