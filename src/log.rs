@@ -151,7 +151,7 @@ impl EventLog {
         cursor: u64,
         max: usize,
         mut keep: impl FnMut(&Event) -> bool,
-        out: &mut Vec<Arc<Event>>,
+        out: &mut impl Extend<Arc<Event>>,
     ) -> Read {
         let ring = self.ring.read();
         if cursor < ring.floor {
@@ -169,7 +169,7 @@ impl EventLog {
             }
             let event = ring.event_at(pos);
             if keep(event) {
-                out.push(Arc::clone(event));
+                out.extend(Some(Arc::clone(event)));
                 taken += 1;
             }
             position = event.id;

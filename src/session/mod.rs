@@ -66,8 +66,15 @@ pub struct Session {
     phase: Phase,
     /// Set when a catch-up read failed, so the next wait is bounded.
     retry_pending: bool,
-    /// The vector ring reads are copied into, kept between batches.
-    scratch: Vec<Arc<Event>>,
+}
+
+/// A batch as the ring fills it: each event it hands over becomes a change.
+struct Changes<'a>(&'a mut Vec<Item>);
+
+impl Extend<Arc<Event>> for Changes<'_> {
+    fn extend<I: IntoIterator<Item = Arc<Event>>>(&mut self, events: I) {
+        self.0.extend(events.into_iter().map(Item::Change));
+    }
 }
 
 impl Session {
@@ -89,7 +96,6 @@ impl Session {
             cursor,
             phase: Phase::Backlog { replayed: 0 },
             retry_pending: false,
-            scratch: Vec::new(),
         }
     }
 
@@ -101,20 +107,22 @@ impl Session {
     /// Appends the next messages to `out` (nothing if there is nothing to send now).
     /// At most [`MAX_BATCH`] changes.
     pub async fn next_batch(&mut self, out: &mut Vec<Item>) {
-        let mut events = std::mem::take(&mut self.scratch);
+        let before = out.len();
         let read = {
             let selection = &self.selection;
+            // Straight into the transport's batch: no vector of our own to fill, keep
+            // and copy from.
             self.log.read_after(
                 self.cursor,
                 MAX_BATCH,
                 |e| selection.matches(e),
-                &mut events,
+                &mut Changes(out),
             )
         };
         match read {
             Read::Scanned { position, more } => {
                 self.cursor = position;
-                self.push_changes(events, out);
+                self.count_backlog(out.len() - before);
                 if let (Phase::Backlog { replayed }, false) = (self.phase, more) {
                     if position > self.log.head() {
                         // `since` is ahead of this replica: legitimate if the database
@@ -157,17 +165,16 @@ impl Session {
             Read::Behind { .. } => match self.catch_up.page_after(self.cursor, PAGE).await {
                 Ok(Page::Events(page)) => {
                     self.retry_pending = false;
-                    let matching: Vec<Arc<Event>> = page
-                        .into_iter()
-                        .filter(|event| {
-                            // Already sent live when it was new: keep catch-up copies
-                            // out of the commit→send latency histogram.
-                            event.mark_first_send();
-                            self.cursor = self.cursor.max(event.id);
-                            self.selection.matches(event)
-                        })
-                        .collect();
-                    self.push_changes(matching, out);
+                    for event in page {
+                        // Already sent live when it was new: keep catch-up copies out
+                        // of the commit→send latency histogram.
+                        event.mark_first_send();
+                        self.cursor = self.cursor.max(event.id);
+                        if self.selection.matches(&event) {
+                            out.push(Item::Change(event));
+                        }
+                    }
+                    self.count_backlog(out.len() - before);
                 }
                 Ok(Page::Gone) => {
                     self.retry_pending = false;
@@ -184,6 +191,13 @@ impl Session {
         }
     }
 
+    /// Counts `changes` towards `ready`'s `replayed` while the backlog lasts.
+    fn count_backlog(&mut self, changes: usize) {
+        if let Phase::Backlog { replayed } = &mut self.phase {
+            *replayed += changes as u64;
+        }
+    }
+
     /// Waits until there may be something new: a hub wake-up, or the retry delay
     /// after a failed catch-up read.
     pub async fn wait(&self) {
@@ -193,18 +207,6 @@ impl Session {
             let _ = Box::pin(tokio::time::timeout(RETRY, self.registration.woken())).await;
         } else {
             self.registration.woken().await;
-        }
-    }
-
-    /// Moves `events` into `out` and keeps the emptied vector for the next read, so
-    /// a live session allocates nothing per batch.
-    fn push_changes(&mut self, mut events: Vec<Arc<Event>>, out: &mut Vec<Item>) {
-        if let Phase::Backlog { replayed } = &mut self.phase {
-            *replayed += events.len() as u64;
-        }
-        out.extend(events.drain(..).map(Item::Change));
-        if events.capacity() > self.scratch.capacity() {
-            self.scratch = events;
         }
     }
 }
@@ -375,6 +377,15 @@ mod tests {
         assert_eq!(session.position(), 8);
     }
 
+    /// A heartbeat every 10 ms.
+    fn pace<'a>(shutdown: &'a CancellationToken, metrics: &'a Metrics) -> Pace<'a> {
+        Pace {
+            heartbeat: Duration::from_millis(10),
+            shutdown,
+            metrics,
+        }
+    }
+
     /// Records what the loop hands it; ends the stream after `heartbeats` heartbeats.
     #[derive(Default)]
     struct Recorder {
@@ -422,12 +433,7 @@ mod tests {
         let mut sink = Recorder::default();
         let metrics = Metrics::default();
         let shutdown = CancellationToken::new();
-        let pace = Pace {
-            heartbeat: Duration::from_millis(10),
-            shutdown: &shutdown,
-            metrics: &metrics,
-        };
-        let end = serve(&mut session, &mut sink, pace).await;
+        let end = serve(&mut session, &mut sink, pace(&shutdown, &metrics)).await;
         assert_eq!(end, End::Fault(()));
         assert_eq!(
             sink.sent,
@@ -447,15 +453,15 @@ mod tests {
     #[tokio::test]
     async fn the_loop_ends_at_shutdown() {
         let mut session = open(8, History::default());
-        let mut sink = Recorder::default();
         let metrics = Metrics::default();
         let shutdown = CancellationToken::new();
         shutdown.cancel();
-        let pace = Pace {
-            heartbeat: Duration::from_secs(15),
-            shutdown: &shutdown,
-            metrics: &metrics,
-        };
-        assert_eq!(serve(&mut session, &mut sink, pace).await, End::Shutdown);
+        let end = serve(
+            &mut session,
+            &mut Recorder::default(),
+            pace(&shutdown, &metrics),
+        )
+        .await;
+        assert_eq!(end, End::Shutdown);
     }
 }
