@@ -377,6 +377,28 @@ mod tests {
         assert_eq!(session.position(), 8);
     }
 
+    #[tokio::test]
+    async fn a_position_ahead_of_the_ring_is_ready_if_issued_and_reset_if_not() {
+        let issued = History {
+            events: (1..=10).map(event).collect(),
+            pruned_upto: 0,
+        };
+        let mut session = open(10, issued);
+        let mut items = Vec::new();
+        session.next_batch(&mut items).await;
+        assert_eq!(
+            summary(&items),
+            [r#"{"type":"ready","head":"10","replayed":0}"#]
+        );
+        let mut session = open(12, History::default());
+        items.clear();
+        session.next_batch(&mut items).await;
+        assert_eq!(
+            summary(&items),
+            [r#"{"type":"reset","reason":"history_gone","head":"8"}"#]
+        );
+    }
+
     /// A heartbeat every 10 ms.
     fn pace<'a>(shutdown: &'a CancellationToken, metrics: &'a Metrics) -> Pace<'a> {
         Pace {
