@@ -21,7 +21,7 @@ use crate::pg::pool::REQUEST_DEADLINE;
 use crate::pg::source::{Source, SourceStatus};
 use crate::pg::startup::{self, Deadline, StartError, STARTUP_DEADLINE};
 use crate::pg::{retention, DbError, Pool};
-use crate::session::{CatchUp, Session};
+use crate::session::{self, CatchUp, Session};
 
 /// Everything the transports share.
 #[derive(Debug)]
@@ -36,6 +36,9 @@ pub struct Gateway {
     pub pool: Arc<Pool>,
     /// Where sessions read history the ring no longer holds (`change_log`).
     pub catch_up: Arc<dyn CatchUp>,
+    /// What every stream loop needs (heartbeat period, shutdown, metrics), held once
+    /// here so that each idle stream holds a reference, not a copy.
+    pub pace: session::Pace,
     /// Whether the source is live, and the tracked tables.
     pub source: Arc<SourceStatus>,
     /// Counters for `/metrics`.
@@ -107,6 +110,11 @@ impl Gateway {
             tracing::info!(streams = config.auth_streams, "authentication is on");
         }
         let catch_up = Arc::new(ChangeLog::new(Arc::clone(&pool)));
+        let pace = session::Pace {
+            heartbeat: config.heartbeat,
+            shutdown: shutdown.clone(),
+            metrics: Arc::clone(&metrics),
+        };
         Ok(Arc::new(Gateway {
             auth,
             config,
@@ -114,6 +122,7 @@ impl Gateway {
             hub,
             pool,
             catch_up,
+            pace,
             source,
             metrics,
             shutdown,

@@ -31,7 +31,7 @@ use super::error::SseFinish;
 use crate::filter::StreamParams;
 use crate::gateway::Gateway;
 use crate::metrics::Transport;
-use crate::session::{self, End, Item, Pace, SendDeadline, Sent, Session, Sink};
+use crate::session::{self, End, Item, SendDeadline, Sent, Session, Sink};
 
 /// The comment block sent when a heartbeat has no new position to report.
 const KEEPALIVE: &[u8] = b": keepalive\n\n";
@@ -130,12 +130,7 @@ async fn serve<W: Writer>(
     session: &mut Session,
     gateway: &Gateway,
 ) -> End<Infallible> {
-    let pace = Pace {
-        heartbeat: gateway.config.heartbeat,
-        shutdown: &gateway.shutdown,
-        metrics: &gateway.metrics,
-    };
-    session::serve(session, sink, pace).await
+    session::serve(session, sink, &gateway.pace).await
 }
 
 /// An SSE stream as a session's sink: SSE blocks, `id:`-only heartbeats, the
@@ -145,8 +140,9 @@ struct SseSink<W> {
     writer: W,
     /// `--send-timeout`: how long a write may wait on a client that does not read.
     send_timeout: Duration,
-    /// `--sse-retry` in milliseconds, sent first as the reconnection delay.
-    retry_millis: u128,
+    /// `--sse-retry` in milliseconds, sent first as the reconnection delay (`u64`:
+    /// a `u128` would double the alignment of every stream's future).
+    retry_millis: u64,
     /// The last `id:` written: a heartbeat writes an id-only block only past it.
     last_id_sent: u64,
 }
@@ -156,7 +152,7 @@ impl<W: Writer> SseSink<W> {
         SseSink {
             writer,
             send_timeout: gateway.config.send_timeout,
-            retry_millis: gateway.config.sse_retry.as_millis(),
+            retry_millis: u64::try_from(gateway.config.sse_retry.as_millis()).unwrap_or(u64::MAX),
             last_id_sent: 0,
         }
     }

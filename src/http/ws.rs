@@ -27,7 +27,7 @@ use crate::event::Control;
 use crate::filter::StreamParams;
 use crate::gateway::Gateway;
 use crate::metrics::Transport;
-use crate::session::{self, End, Item, Pace, SendDeadline, Sent, Sink};
+use crate::session::{self, End, Item, SendDeadline, Sent, Sink};
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -99,12 +99,7 @@ pub fn upgrade(
                     send_timeout: gateway.config.send_timeout,
                     missed_pongs: 0,
                 };
-                let pace = Pace {
-                    heartbeat: gateway.config.heartbeat,
-                    shutdown: &gateway.shutdown,
-                    metrics: &gateway.metrics,
-                };
-                let end = session::serve(&mut session, &mut sink, pace).await;
+                let end = session::serve(&mut session, &mut sink, &gateway.pace).await;
                 if let Some(code) = CloseCode::for_end(end) {
                     if let Some(limit) = code.limit() {
                         gateway.metrics.reject(limit);

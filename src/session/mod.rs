@@ -211,20 +211,23 @@ impl Session {
     }
 }
 
-/// What the loop needs besides the session and the sink.
-#[derive(Debug, Clone, Copy)]
-pub struct Pace<'a> {
+/// What the loop needs besides the session and the sink, the same for every stream
+/// (the gateway holds one).
+#[derive(Debug, Clone)]
+pub struct Pace {
     /// The heartbeat period (`--heartbeat`).
     pub heartbeat: Duration,
     /// Cancelled at shutdown: the stream ends with [`End::Shutdown`].
-    pub shutdown: &'a CancellationToken,
+    pub shutdown: CancellationToken,
     /// Where the connection gauge, deliveries and lagging disconnects are counted.
-    pub metrics: &'a Metrics,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Runs a session into `sink` until either ends: the one loop behind every transport.
 /// Returns why it ended; closing the transport is the caller's part.
-pub async fn serve<S: Sink>(session: &mut Session, sink: &mut S, pace: Pace<'_>) -> End<S::Fault> {
+/// `pace` is lent: every idle stream's future holds what it takes, so a reference
+/// rather than a copy at each level.
+pub async fn serve<S: Sink>(session: &mut Session, sink: &mut S, pace: &Pace) -> End<S::Fault> {
     let gauge = pace.metrics.connections(S::TRANSPORT);
     gauge.inc();
     let end = run(session, sink, pace).await;
@@ -240,7 +243,7 @@ pub async fn serve<S: Sink>(session: &mut Session, sink: &mut S, pace: Pace<'_>)
     end
 }
 
-async fn run<S: Sink>(session: &mut Session, sink: &mut S, pace: Pace<'_>) -> End<S::Fault> {
+async fn run<S: Sink>(session: &mut Session, sink: &mut S, pace: &Pace) -> End<S::Fault> {
     if let Err(end) = sink.open().await {
         return end;
     }
@@ -259,7 +262,7 @@ async fn run<S: Sink>(session: &mut Session, sink: &mut S, pace: Pace<'_>) -> En
             if let Err(end) = sink.send(&items).await {
                 return end;
             }
-            record_sent(pace.metrics, &items, S::TRANSPORT);
+            record_sent(&pace.metrics, &items, S::TRANSPORT);
             continue;
         }
         tokio::select! {
@@ -280,7 +283,7 @@ async fn run<S: Sink>(session: &mut Session, sink: &mut S, pace: Pace<'_>) -> En
                 if let Err(end) = sink.heartbeat(&items, session.position()).await {
                     return end;
                 }
-                record_sent(pace.metrics, &items, S::TRANSPORT);
+                record_sent(&pace.metrics, &items, S::TRANSPORT);
             }
         }
     }
@@ -400,11 +403,11 @@ mod tests {
     }
 
     /// A heartbeat every 10 ms.
-    fn pace<'a>(shutdown: &'a CancellationToken, metrics: &'a Metrics) -> Pace<'a> {
+    fn pace() -> Pace {
         Pace {
             heartbeat: Duration::from_millis(10),
-            shutdown,
-            metrics,
+            shutdown: CancellationToken::new(),
+            metrics: Arc::new(Metrics::default()),
         }
     }
 
@@ -453,9 +456,8 @@ mod tests {
     async fn the_loop_sends_backlog_then_ready_then_heartbeats_until_the_sink_ends() {
         let mut session = open(6, History::default());
         let mut sink = Recorder::default();
-        let metrics = Metrics::default();
-        let shutdown = CancellationToken::new();
-        let end = serve(&mut session, &mut sink, pace(&shutdown, &metrics)).await;
+        let pace = pace();
+        let end = serve(&mut session, &mut sink, &pace).await;
         assert_eq!(end, End::Fault(()));
         assert_eq!(
             sink.sent,
@@ -468,22 +470,16 @@ mod tests {
                 "heartbeat 8",
             ]
         );
-        assert_eq!(metrics.delivered(Transport::Ws).get(), 2);
-        assert_eq!(metrics.connections(Transport::Ws).get(), 0);
+        assert_eq!(pace.metrics.delivered(Transport::Ws).get(), 2);
+        assert_eq!(pace.metrics.connections(Transport::Ws).get(), 0);
     }
 
     #[tokio::test]
     async fn the_loop_ends_at_shutdown() {
         let mut session = open(8, History::default());
-        let metrics = Metrics::default();
-        let shutdown = CancellationToken::new();
-        shutdown.cancel();
-        let end = serve(
-            &mut session,
-            &mut Recorder::default(),
-            pace(&shutdown, &metrics),
-        )
-        .await;
+        let pace = pace();
+        pace.shutdown.cancel();
+        let end = serve(&mut session, &mut Recorder::default(), &pace).await;
         assert_eq!(end, End::Shutdown);
     }
 }
