@@ -1,5 +1,6 @@
 //! Stream clients over real sockets: tokio-tungstenite for WebSocket, raw HTTP/1.1
-//! (chunked decoding by hand) for SSE.
+//! (chunked decoding by hand) for SSE. Every message they receive is checked against
+//! docs/asyncapi.yaml (see [`super::contract`]), so every stream test also tests the spec.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::contract::{check_server_message, check_sse_block};
 use super::WAIT;
 
 /// A WebSocket client.
@@ -51,6 +53,7 @@ impl WsClient {
             match message {
                 Message::Text(text) => {
                     let value: Value = serde_json::from_str(text.as_str()).expect("JSON message");
+                    check_server_message(&value, "WebSocket");
                     if value["type"] != "heartbeat" {
                         return value;
                     }
@@ -108,7 +111,7 @@ impl WsClient {
                         .unwrap_or((1005, String::new()));
                     return WsEnd::Closed(code, reason);
                 }
-                Some(Ok(_)) => {}
+                Some(Ok(message)) => check_ws_text(&message),
                 Some(Err(_)) | None => return WsEnd::Dropped,
             }
         }
@@ -246,7 +249,11 @@ impl SseClient {
         let end = find(&self.body, b"\n\n")?;
         let text = String::from_utf8(self.body[..end].to_vec()).expect("UTF-8 block");
         self.body.drain(..end + 2);
-        Some(parse_block(&text))
+        let block = parse_block(&text);
+        if let Some(data) = &block.data {
+            check_sse_block(block.event.as_deref(), data);
+        }
+        Some(block)
     }
 
     /// The next block, or `None` when the stream ended.
@@ -446,11 +453,22 @@ impl WsClient {
 
     /// The next frame of any kind, heartbeats and pings included.
     pub async fn next_message(&mut self) -> Message {
-        tokio::time::timeout(WAIT, self.socket.next())
+        let message = tokio::time::timeout(WAIT, self.socket.next())
             .await
             .expect("no WebSocket message in time")
             .expect("WebSocket ended")
-            .expect("WebSocket error")
+            .expect("WebSocket error");
+        check_ws_text(&message);
+        message
+    }
+}
+
+/// Checks a text frame against docs/asyncapi.yaml; other frames pass.
+fn check_ws_text(message: &Message) {
+    if let Message::Text(text) = message {
+        let value: Value = serde_json::from_str(text.as_str())
+            .unwrap_or_else(|e| panic!("WebSocket text is not JSON ({e}): {text}"));
+        check_server_message(&value, "WebSocket");
     }
 }
 
@@ -681,6 +699,12 @@ impl RawWs {
         loop {
             if let Some((frame, used)) = parse_frame(&self.buf) {
                 self.buf.drain(..used);
+                if frame.opcode == 0x1 && frame.fin {
+                    let text = String::from_utf8_lossy(&frame.payload);
+                    let value: Value = serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("WebSocket text is not JSON ({e}): {text}"));
+                    check_server_message(&value, "WebSocket");
+                }
                 return Some(frame);
             }
             if !self.fill().await {

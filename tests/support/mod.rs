@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod contract;
 pub mod process;
 pub mod proxy;
 

@@ -1,0 +1,104 @@
+//! docs/openapi.yaml against the running server: schemathesis (from PyPI; scripts/test
+//! installs it) generates requests from the spec, valid and invalid, and checks every
+//! response's status code, body schema, content type and headers against it, and that
+//! nothing is a 500. The spec is only worth publishing while this passes.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::*;
+
+/// Test cases per operation and phase: enough to cross every documented status code,
+/// few enough that the whole run stays well under a minute.
+const MAX_EXAMPLES: &str = "40";
+/// Bound on the whole schemathesis run.
+const RUN_LIMIT: Duration = Duration::from_secs(110);
+
+/// The schemathesis executable: `ROWCAST_SCHEMATHESIS` (scripts/test sets it), else the
+/// virtualenv scripts/test installs into.
+fn schemathesis() -> PathBuf {
+    if let Some(path) = std::env::var_os("ROWCAST_SCHEMATHESIS") {
+        return PathBuf::from(path);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_default();
+    cache.join("rowcast/schemathesis/bin/schemathesis")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_api_conforms_to_docs_openapi_yaml() {
+    let tool = schemathesis();
+    assert!(
+        tool.exists(),
+        "schemathesis is missing at {}: run scripts/test, which installs it from PyPI",
+        tool.display()
+    );
+    let db = TestDb::new();
+    let client = db.client().await;
+    // A few rows, so that reads, updates and deletes of low ids find something.
+    for n in 0..5 {
+        insert_order(&client, &format!("customer {n}"), "lamp").await;
+    }
+    let server = TestServer::start(db.config()).await;
+    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml");
+    let workdir = tempdir();
+    let run = tokio::process::Command::new(&tool)
+        .args(["run", spec, "--url"])
+        .arg(format!("http://{}", server.addr))
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_headers_conformance,response_schema_conformance",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            MAX_EXAMPLES,
+            "--seed",
+            "20261207",
+            "--workers",
+            "2",
+            "--request-timeout",
+            "10",
+            // An accepted SSE stream never ends; /events is covered by tests/streams.rs
+            // and docs/asyncapi.yaml.
+            "--exclude-path",
+            "/events",
+            "--suppress-health-check",
+            "too_slow",
+        ])
+        // Hypothesis keeps its example database in the working directory.
+        .current_dir(&workdir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(RUN_LIMIT, run)
+        .await
+        .expect("schemathesis did not finish in time")
+        .expect("schemathesis runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "schemathesis found responses that break docs/openapi.yaml ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    // Guards against a run that passes because it tested nothing.
+    assert!(
+        stdout.contains("passed"),
+        "schemathesis reported no passing operation:\n{stdout}"
+    );
+    server.shutdown().await;
+}
+
+/// A directory for schemathesis's working files, out of the source tree.
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rowcast-schemathesis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("report directory");
+    dir
+}
