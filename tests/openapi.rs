@@ -83,6 +83,8 @@ async fn the_rest_api_conforms_to_docs_openapi_yaml() {
         .expect("schemathesis runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    // The summary, for `--nocapture`.
+    println!("{stdout}");
     assert!(
         output.status.success(),
         "schemathesis found responses that break docs/openapi.yaml ({}):\n{stdout}\n{stderr}",
