@@ -1,4 +1,4 @@
-//! The REST contract of DESIGN.md ("Public contract" → "REST"), over real sockets: the
+//! The REST contract of docs/PROTOCOL.md ("REST", "Errors"), over real sockets: the
 //! list and its snapshot position, CRUD, every documented rejection (each checked to
 //! leave the table and the change log untouched), routing, malformed HTTP, and the
 //! operations endpoints.

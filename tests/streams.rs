@@ -1,5 +1,7 @@
-//! The streams, `GET /ws` and `GET /events`, exactly as DESIGN.md ("Streams",
-//! "Event log and fan-out", heartbeats, slow clients, shutdown) states them.
+//! The streams, `GET /ws` and `GET /events`, exactly as docs/PROTOCOL.md ("Streams",
+//! "Messages", "WebSocket", "Server-Sent Events": positions, heartbeats, slow clients,
+//! shutdown) states them. Every message received is also checked against
+//! docs/asyncapi.yaml by the clients in tests/support.
 //!
 //! Expected event ids always come from `realtime.change_log` itself, so every check
 //! compares what a client saw with what the database committed.
@@ -1011,7 +1013,7 @@ async fn bogus_since_and_last_event_id_are_refused_with_400_before_any_stream() 
     assert_eq!(sse.status, 200);
 }
 
-/// DESIGN.md: `since` is a decimal u64, anything else a 400, and `Last-Event-ID` is
+/// docs/PROTOCOL.md: `since` is a decimal u64, anything else a 400, and `Last-Event-ID` is
 /// the same position. The router treats an empty `Last-Event-ID` as absent instead.
 #[tokio::test]
 async fn an_empty_last_event_id_is_refused_with_400() {

@@ -7,8 +7,8 @@
 //! never panics, and a TRUNCATE on `orders` matches exactly when `ops` includes
 //! TRUNCATE (an absent `ops` means all four), whatever the filters.
 //!
-//! Model: the whole contract of DESIGN.md "Streams", written from the text rather than
-//! from the code — which queries are accepted (names, repeats, `since` as a decimal
+//! Model: the whole contract of docs/PROTOCOL.md "Streams", written from the text
+//! rather than from the code — which queries are accepted (names, repeats, `since` as a decimal
 //! u64, tables, ops in any case, `<column>=<op>.<value>` filters with quoted `in`
 //! lists, columns of a selected table) and, for an accepted one, which sample events
 //! match (ops, tables, filters ANDed; a JSON number against a numeric operand compares
