@@ -17,8 +17,8 @@ const SERVER_MESSAGES: [&str; 6] = ["change", "ready", "reset", "heartbeat", "po
 
 /// One validator per server message, built once per test binary.
 static VALIDATORS: LazyLock<HashMap<&'static str, Validator>> = LazyLock::new(|| {
-    let text = std::fs::read_to_string(ASYNCAPI)
-        .unwrap_or_else(|e| panic!("cannot read {ASYNCAPI}: {e}"));
+    let text =
+        std::fs::read_to_string(ASYNCAPI).unwrap_or_else(|e| panic!("cannot read {ASYNCAPI}: {e}"));
     let document: Value = serde_yaml_ng::from_str(&text)
         .unwrap_or_else(|e| panic!("{ASYNCAPI} is not valid YAML: {e}"));
     SERVER_MESSAGES
@@ -65,8 +65,8 @@ pub fn check_server_message(message: &Value, transport: &str) {
 /// Panics unless an SSE block with `data:` names its message type as its `event:`
 /// and its data is a valid server message.
 pub fn check_sse_block(event: Option<&str>, data: &str) {
-    let message: Value = serde_json::from_str(data)
-        .unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {data}"));
+    let message: Value =
+        serde_json::from_str(data).unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {data}"));
     check_server_message(&message, "SSE");
     assert_eq!(
         event,
