@@ -1,4 +1,8 @@
-//! docs/openapi.yaml against the running server: schemathesis (from PyPI; scripts/test
+//! The contract files are tested, not decorative. Each is a valid document of its kind
+//! (openapi-spec-validator for OpenAPI 3.1, the official AsyncAPI 3.0.0 JSON Schema for
+//! AsyncAPI; docs/asyncapi.yaml's message schemas are also applied to every stream
+//! message the tests receive, see tests/support/contract.rs). And docs/openapi.yaml
+//! is held against the running server: schemathesis (from PyPI; scripts/test
 //! installs it) generates requests from the spec, valid and invalid, and checks every
 //! response's status code, body schema, content type and headers against it, that
 //! nothing is a 500, and that a method a route lacks is a 405 with `Allow`. The spec is
@@ -11,7 +15,7 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::*;
@@ -19,30 +23,73 @@ use support::*;
 /// Test cases per operation and phase: enough to cross every documented status code,
 /// few enough that the whole run stays well under a minute.
 const MAX_EXAMPLES: &str = "100";
+/// The OpenAPI document.
+const OPENAPI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml");
 /// Bound on the whole schemathesis run.
 const RUN_LIMIT: Duration = Duration::from_secs(110);
 
-/// The schemathesis executable: `ROWCAST_SCHEMATHESIS` (scripts/test sets it), else the
-/// virtualenv scripts/test installs into.
-fn schemathesis() -> PathBuf {
-    if let Some(path) = std::env::var_os("ROWCAST_SCHEMATHESIS") {
-        return PathBuf::from(path);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
+/// A program of the virtualenv scripts/test installs from PyPI: `ROWCAST_PYTHON_TOOLS`
+/// (scripts/test sets it) or its default place in the cache directory.
+fn python_tool(name: &str) -> PathBuf {
+    let venv = std::env::var_os("ROWCAST_PYTHON_TOOLS")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_default();
-    cache.join("rowcast/schemathesis/bin/schemathesis")
+        .unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_default()
+                .join("rowcast/python-tools")
+        });
+    let tool = venv.join("bin").join(name);
+    assert!(
+        tool.exists(),
+        "{name} is missing at {}: run scripts/test, which installs it from PyPI",
+        tool.display()
+    );
+    tool
+}
+
+/// Runs a checker to the end; panics with its output unless it succeeds.
+fn run_checker(command: &mut Command, what: &str) -> String {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the {what} check: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what}: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn docs_openapi_yaml_is_a_valid_openapi_3_1_document() {
+    let stdout = run_checker(
+        Command::new(python_tool("openapi-spec-validator")).arg(OPENAPI),
+        "docs/openapi.yaml is not a valid OpenAPI document",
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+}
+
+#[test]
+fn docs_asyncapi_yaml_is_a_valid_asyncapi_3_document() {
+    assert!(
+        std::path::Path::new("tests/specs/node_modules/@asyncapi/specs").exists(),
+        "the spec checks' packages are missing: run `npm ci` in tests/specs (scripts/test does)"
+    );
+    let stdout = run_checker(
+        Command::new("node").arg("tests/specs/validate.mjs"),
+        "docs/asyncapi.yaml is not a valid AsyncAPI document",
+    );
+    assert!(stdout.contains("valid AsyncAPI 3.0.0"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rest_api_conforms_to_docs_openapi_yaml() {
-    let tool = schemathesis();
-    assert!(
-        tool.exists(),
-        "schemathesis is missing at {}: run scripts/test, which installs it from PyPI",
-        tool.display()
-    );
+    let tool = python_tool("schemathesis");
     let db = TestDb::new();
     let client = db.client().await;
     // A few rows, so that reads, updates and deletes of low ids find something.
@@ -50,10 +97,9 @@ async fn the_rest_api_conforms_to_docs_openapi_yaml() {
         insert_order(&client, &format!("customer {n}"), "lamp").await;
     }
     let server = TestServer::start(db.config()).await;
-    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml");
     let workdir = tempdir();
     let run = tokio::process::Command::new(&tool)
-        .args(["run", spec, "--url"])
+        .args(["run", OPENAPI, "--url"])
         .arg(format!("http://{}", server.addr))
         .args([
             "--checks",
