@@ -1,7 +1,7 @@
 // Checks docs/asyncapi.yaml against the official AsyncAPI 3.0.0 JSON Schema
 // (@asyncapi/specs): a document the AsyncAPI tools would refuse fails tests/specs.rs.
 // (docs/openapi.yaml gets the same check from openapi-spec-validator, in
-// tests/openapi.rs.) Exits 1 with the violations.
+// tests/specs.rs.) Exits 1 with the violations.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
