@@ -83,7 +83,7 @@ fn spawn_resuming_ws(
                         Ok(_) => break, // ended or broken: reconnect
                     };
                 if let Message::Text(text) = message {
-                    let value: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                    let value = support::contract::parse_ws_message(text.as_str());
                     if value["type"] == "change" {
                         let id: u64 = value["id"].as_str().unwrap().parse().unwrap();
                         assert!(

@@ -866,7 +866,7 @@ async fn follow_ws(
             };
         while let Ok(Some(Ok(message))) = tokio::time::timeout(WAIT, socket.next()).await {
             if let Message::Text(text) = message {
-                let value: Value = serde_json::from_str(text.as_str()).expect("JSON");
+                let value = support::contract::parse_ws_message(text.as_str());
                 match value["type"].as_str() {
                     Some("change") => {
                         let id = id_of(&value);

@@ -1944,7 +1944,9 @@ async fn curl_n_on_events_prints_each_change_as_an_sse_block() {
     .await;
     assert_eq!(previous, format!("id: {event_id}"));
     let data = next_line(&mut lines).await;
-    let message: Value = serde_json::from_str(data.strip_prefix("data: ").expect("data:")).unwrap();
+    let data = data.strip_prefix("data: ").expect("data:");
+    support::contract::check_sse_block(Some("change"), data);
+    let message: Value = serde_json::from_str(data).unwrap();
     assert_eq!(message["row"]["id"], id);
     assert_eq!(message["row"]["customer_name"], "Curl");
     assert_eq!(

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::contract::{check_server_message, check_sse_block};
+use super::contract::{check_sse_block, parse_ws_message};
 use super::WAIT;
 
 /// A WebSocket client.
@@ -52,8 +52,7 @@ impl WsClient {
                 .expect("WebSocket error");
             match message {
                 Message::Text(text) => {
-                    let value: Value = serde_json::from_str(text.as_str()).expect("JSON message");
-                    check_server_message(&value, "WebSocket");
+                    let value = parse_ws_message(text.as_str());
                     if value["type"] != "heartbeat" {
                         return value;
                     }
@@ -466,9 +465,7 @@ impl WsClient {
 /// Checks a text frame against docs/asyncapi.yaml; other frames pass.
 fn check_ws_text(message: &Message) {
     if let Message::Text(text) = message {
-        let value: Value = serde_json::from_str(text.as_str())
-            .unwrap_or_else(|e| panic!("WebSocket text is not JSON ({e}): {text}"));
-        check_server_message(&value, "WebSocket");
+        parse_ws_message(text.as_str());
     }
 }
 
@@ -700,10 +697,7 @@ impl RawWs {
             if let Some((frame, used)) = parse_frame(&self.buf) {
                 self.buf.drain(..used);
                 if frame.opcode == 0x1 && frame.fin {
-                    let text = String::from_utf8_lossy(&frame.payload);
-                    let value: Value = serde_json::from_str(&text)
-                        .unwrap_or_else(|e| panic!("WebSocket text is not JSON ({e}): {text}"));
-                    check_server_message(&value, "WebSocket");
+                    parse_ws_message(&String::from_utf8_lossy(&frame.payload));
                 }
                 return Some(frame);
             }

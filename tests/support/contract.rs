@@ -62,6 +62,15 @@ pub fn check_server_message(message: &Value, transport: &str) {
     );
 }
 
+/// Parses a WebSocket text message and checks it like [`check_server_message`], for
+/// tests that read a socket of their own instead of [`super::WsClient`].
+pub fn parse_ws_message(text: &str) -> Value {
+    let message: Value = serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("WebSocket text is not JSON ({e}): {text}"));
+    check_server_message(&message, "WebSocket");
+    message
+}
+
 /// Panics unless an SSE block with `data:` names its message type as its `event:`
 /// and its data is a valid server message.
 pub fn check_sse_block(event: Option<&str>, data: &str) {
