@@ -5,7 +5,9 @@
 //! is held against the running server: schemathesis (from PyPI; scripts/test
 //! installs it) generates requests from the spec, valid and invalid, and checks every
 //! response's status code, body schema, content type and headers against it, that
-//! nothing is a 500, and that a method a route lacks is a 405 with `Allow`. The spec is
+//! nothing is a 500, and that a method a route lacks is a 405 with `Allow`; its
+//! stateful phase chains create → read → update → delete through the `Location` header
+//! and checks that a created order can be read and a deleted one is gone. The spec is
 //! only worth publishing while this passes.
 //!
 //! Not checked: that schemathesis's "valid" data is accepted and its "invalid" data
@@ -105,9 +107,10 @@ async fn the_rest_api_conforms_to_docs_openapi_yaml() {
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,\
              response_headers_conformance,response_schema_conformance,\
-             unsupported_method,allow_header_conformance",
+             unsupported_method,allow_header_conformance,\
+             use_after_free,ensure_resource_availability",
             "--phases",
-            "examples,coverage,fuzzing",
+            "examples,coverage,fuzzing,stateful",
             "--max-examples",
             MAX_EXAMPLES,
             "--seed",
