@@ -4,6 +4,10 @@
 //! pushed to WebSocket and Server-Sent Events clients, and a client that reconnects
 //! resumes from its last event id with nothing lost and nothing twice.
 //!
+//! What clients see on the wire is specified in docs/PROTOCOL.md, with
+//! docs/openapi.yaml (REST) and docs/asyncapi.yaml (stream messages) beside it; the
+//! tests hold the code to all three, so a change on the wire changes them too.
+//!
 //! # Layout
 //!
 //! The modules follow the data, from the database to the socket; arrows only point
