@@ -155,6 +155,10 @@ fn position(text: &str) -> Option<u64> {
 /// `\` escaping the next character; an unquoted one holds no `"`, `(`, `)`.
 fn list(text: &str) -> Option<Vec<String>> {
     let inner = text.strip_prefix('(')?.strip_suffix(')')?;
+    // `in.()` can match nothing: refused (a 400 `bad_filter`); `in.("")` is one item.
+    if inner.is_empty() {
+        return None;
+    }
     let chars: Vec<char> = inner.chars().collect();
     let mut items = Vec::new();
     let mut i = 0;
