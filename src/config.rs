@@ -92,7 +92,7 @@ impl Environment for HashMap<String, String> {
 pub enum Database {
     /// A URL or libpq variables named a server.
     Target(Box<DbTarget>),
-    /// Nothing configured: localhost:5432 if it answers, else a private server.
+    /// Nothing configured: a private server (the embedded default).
     #[default]
     Default,
 }
@@ -264,7 +264,7 @@ const AFTER_HELP: &str = "\
 Every flag also has an environment form ROWCAST_<FLAG> (--ring-capacity → \
 ROWCAST_RING_CAPACITY); flags win. Booleans in the environment are true, false, 1 or 0.
 The database URL is taken from --database-url, ROWCAST_DATABASE_URL, DATABASE_URL, \
-libpq's PG* variables, else localhost:5432 if it answers, else a private server \
+libpq's PG* variables, else a private PostgreSQL \
 started from the local PostgreSQL binaries.
 Durations carry a unit: 500ms, 15s, 5m, 2h, 7d. Logs go to stderr (RUST_LOG=debug for more).";
 

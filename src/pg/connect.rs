@@ -395,12 +395,6 @@ impl DbTarget {
         DbTarget::finish(config, tls, root_cert)
     }
 
-    /// The libpq defaults alone: what `rowcast` tries on localhost:5432.
-    pub fn local_default() -> DbTarget {
-        // Cannot fail: no variable is read.
-        DbTarget::from_libpq_env(|_| None).unwrap_or_else(|_| unreachable!())
-    }
-
     fn finish(
         mut config: tokio_postgres::Config,
         tls: TlsMode,

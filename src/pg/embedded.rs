@@ -1,7 +1,7 @@
 //! The embedded default: a private PostgreSQL started from the machine's binaries.
 //!
-//! Used when no database is configured and nothing answers on localhost:5432, and by
-//! the test harness for throwaway clusters. initdb refuses to run as root, so as root
+//! Used when no database is configured (no URL, no `PG*` variable), and by the test
+//! harness for throwaway clusters. initdb refuses to run as root, so as root
 //! the server runs as an unprivileged system user (`postgres`, else `nobody`).
 
 use std::fs;

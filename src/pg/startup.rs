@@ -1,6 +1,5 @@
-//! Start-up against the database: which database (the configured one, one answering
-//! on localhost:5432, or a private server), connecting with retries, and the schema,
-//! every step within one deadline.
+//! Start-up against the database: which database (the configured one, or a private
+//! server), connecting with retries, and the schema, every step within one deadline.
 
 use std::future::Future;
 use std::time::Duration;
@@ -31,17 +30,6 @@ pub async fn resolve_database(config: &Config) -> Result<(DbTarget, Option<Embed
     match &config.database {
         Database::Target(target) => Ok((DbTarget::clone(target), None)),
         Database::Default => {
-            let local = DbTarget::local_default();
-            let answering = tokio::time::timeout(
-                Duration::from_secs(1),
-                tokio::net::TcpStream::connect(("127.0.0.1", 5432)),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
-            if answering {
-                tracing::info!(database = %local, "no database configured; using the PostgreSQL answering on localhost:5432 (set DATABASE_URL to choose another)");
-                return Ok((local, None));
-            }
             let dir = config.data_dir.join("pg");
             let options = embedded::Options::default();
             let server = tokio::task::spawn_blocking(move || Embedded::start(&dir, &options))
@@ -55,7 +43,7 @@ pub async fn resolve_database(config: &Config) -> Result<(DbTarget, Option<Embed
             tracing::info!(
                 data_dir = %server.data_dir().display(),
                 database = %target,
-                "no database configured and nothing on localhost:5432: started a private PostgreSQL (set DATABASE_URL or PG* to use another)"
+                "no database configured: started a private PostgreSQL (set DATABASE_URL or PG* to use another)"
             );
             Ok((target, Some(server)))
         }
