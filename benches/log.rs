@@ -70,7 +70,7 @@ fn since(c: &mut Criterion) {
                 let mut out = Vec::with_capacity(16);
                 b.iter(|| {
                     out.clear();
-                    log.read_after(black_box(size - 10), 64, |_| true, &mut out);
+                    log.read_after(black_box(size - 10), 64, |e| Some(Arc::clone(e)), &mut out);
                     black_box(out.len())
                 })
             },

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
@@ -92,7 +92,7 @@ pub enum EventError {
         /// The value found.
         op: String,
     },
-    /// `row` must be a JSON object when present.
+    /// `row` (and an UPDATE's `old`) must be a JSON object when present.
     #[error("change_log row {0} has a row that is not a JSON object")]
     BadRow(i64),
 }
@@ -108,8 +108,13 @@ pub struct Event {
     pub op: Op,
     /// The row filters look at: the new row, or the old one for DELETE.
     pub row: Option<serde_json::Map<String, Value>>,
+    /// The old row of an UPDATE: live views judge both images, so that a row moving
+    /// out of a filter is delivered as `leave` (see [`View`]).
+    pub old: Option<serde_json::Map<String, Value>>,
     /// Commit time in microseconds since the Unix epoch.
     pub committed_at_micros: i64,
+    /// Commit time as sent (RFC 3339, UTC), kept to encode the view forms.
+    committed_at: String,
     /// The JSON message, as a WebSocket text payload.
     pub json: Utf8Bytes,
     /// The same message as one SSE block (`id:`, `event:`, `data:`, blank line).
@@ -117,6 +122,25 @@ pub struct Event {
     /// Set by the first transport that sends the event, so that commit→send latency is
     /// recorded once per event rather than once per subscriber.
     first_sent: AtomicBool,
+    /// The `"view":"enter"` form, built by the first filtered subscriber that needs it
+    /// and shared by every other: encoded at most once per event.
+    enter: OnceLock<Arc<Event>>,
+    /// The `"view":"leave"` form, likewise.
+    leave: OnceLock<Arc<Event>>,
+    /// For a view form: the event it was built from, which keeps the first-send flag
+    /// (weak: the original holds its forms).
+    origin: Weak<Event>,
+}
+
+/// How an UPDATE moved a row relative to a live view's filters (see
+/// [`Selection::judge`](crate::filter::Selection::judge)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum View {
+    /// Only the new row matches: the row joins the view.
+    Enter,
+    /// Only the old row matches: the client removes the row.
+    Leave,
 }
 
 #[derive(Serialize)]
@@ -127,10 +151,24 @@ struct ChangeMessage<'a> {
     table: &'a str,
     op: Op,
     #[serde(skip_serializing_if = "Option::is_none")]
+    view: Option<View>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     row: Option<&'a serde_json::Map<String, Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    old: Option<&'a Value>,
+    old: Option<&'a serde_json::Map<String, Value>>,
     committed_at: &'a str,
+}
+
+/// The two wire forms of one message, sharing one buffer: the SSE block and, inside
+/// it, the WebSocket text (its `data:` line).
+fn encode(id: u64, message: &ChangeMessage<'_>) -> (Utf8Bytes, Bytes) {
+    // Serialising a map of Values into a Vec cannot fail.
+    let json = serde_json::to_string(message).unwrap_or_default();
+    let sse = sse_block(Some(id), "change", &json);
+    // The block ends with the data and "\n\n".
+    let data = sse.slice(sse.len() - 2 - json.len()..sse.len() - 2);
+    let json = Utf8Bytes::try_from(data).unwrap_or_else(|_| Utf8Bytes::from(json));
+    (json, sse)
 }
 
 impl Event {
@@ -149,41 +187,85 @@ impl Event {
             (_, Some(Value::Object(map))) => Some(map),
             (_, Some(_)) => return Err(EventError::BadRow(record.id)),
         };
-        let old = match op {
-            Op::Update => record.old.filter(|old| !old.is_null()),
+        let old = match (op, record.old) {
+            (Op::Update, Some(Value::Object(map))) => Some(map),
+            (Op::Update, Some(old)) if !old.is_null() => return Err(EventError::BadRow(record.id)),
             _ => None,
         };
-        let id_text = id.to_string();
+        let committed_at = record.committed_at;
         let message = ChangeMessage {
             kind: "change",
-            id: &id_text,
+            id: &id.to_string(),
             table: &record.table,
             op,
+            view: None,
             row: row.as_ref(),
             old: old.as_ref(),
-            committed_at: &record.committed_at,
+            committed_at: &committed_at,
         };
-        // Serialising a map of Values into a Vec cannot fail.
-        let json = serde_json::to_string(&message).unwrap_or_default();
-        let sse = sse_block(Some(id), "change", &json);
         // The WebSocket text is the SSE block's `data:` line: one buffer, held once
-        // in the ring (the block ends with the data and "\n\n").
-        let data = sse.slice(sse.len() - 2 - json.len()..sse.len() - 2);
-        let json = Utf8Bytes::try_from(data).unwrap_or_else(|_| Utf8Bytes::from(json));
+        // in the ring.
+        let (json, sse) = encode(id, &message);
         Ok(Event {
             id,
             table: Arc::from(record.table),
             op,
             row,
+            old,
             committed_at_micros: record.committed_at_micros,
+            committed_at,
             json,
             sse,
             first_sent: AtomicBool::new(false),
+            enter: OnceLock::new(),
+            leave: OnceLock::new(),
+            origin: Weak::new(),
         })
     }
 
-    /// True exactly once: for the first caller after the event was created.
+    /// The form of this event that carries `"view": view`, built on first use and
+    /// shared after. It carries no rows to judge (it is only ever sent).
+    pub fn view(self: &Arc<Self>, view: View) -> &Arc<Event> {
+        let cell = match view {
+            View::Enter => &self.enter,
+            View::Leave => &self.leave,
+        };
+        cell.get_or_init(|| {
+            let message = ChangeMessage {
+                kind: "change",
+                id: &self.id.to_string(),
+                table: &self.table,
+                op: self.op,
+                view: Some(view),
+                row: self.row.as_ref(),
+                old: self.old.as_ref(),
+                committed_at: &self.committed_at,
+            };
+            let (json, sse) = encode(self.id, &message);
+            Arc::new(Event {
+                id: self.id,
+                table: Arc::clone(&self.table),
+                op: self.op,
+                row: None,
+                old: None,
+                committed_at_micros: self.committed_at_micros,
+                committed_at: String::new(),
+                json,
+                sse,
+                first_sent: AtomicBool::new(false),
+                enter: OnceLock::new(),
+                leave: OnceLock::new(),
+                origin: Arc::downgrade(self),
+            })
+        })
+    }
+
+    /// True exactly once: for the first caller after the event was created (a view
+    /// form counts as its original).
     pub fn mark_first_send(&self) -> bool {
+        if let Some(origin) = self.origin.upgrade() {
+            return origin.mark_first_send();
+        }
         !self.first_sent.load(Ordering::Relaxed) && !self.first_sent.swap(true, Ordering::Relaxed)
     }
 }

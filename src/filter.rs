@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::event::{Event, Op};
+use crate::event::{Event, Op, View};
 use crate::query::{self, QueryError};
 
 /// The tracked tables and their columns, as the stream parameters see them.
@@ -216,6 +216,15 @@ fn parse_ops(value: &str) -> Result<u8, ParamError> {
     })
 }
 
+/// How a selected event goes out (see [`Selection::judge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The event's shared form, unchanged.
+    AsIs,
+    /// The form that says how the row moved relative to the view.
+    View(View),
+}
+
 /// Which events a subscriber wants.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Selection {
@@ -230,18 +239,62 @@ pub struct Selection {
 impl Selection {
     /// Whether the event passes the table, op and row filters.
     pub fn matches(&self, event: &Event) -> bool {
-        if self.ops & event.op.bit() == 0 {
-            return false;
+        self.judge(event).is_some()
+    }
+
+    /// How the event is delivered, if at all. A live view judges an UPDATE on both
+    /// images: both match → as is; only the new row → [`View::Enter`]; only the old
+    /// one → [`View::Leave`]; neither → not delivered. `view` only ever comes from row
+    /// filters, so unfiltered streams get every event as is.
+    pub fn judge(&self, event: &Event) -> Option<Delivery> {
+        if self.ops & event.op.bit() == 0 || !self.selects_table(&event.table) {
+            return None;
         }
-        if let Some(tables) = &self.tables {
-            if !tables.iter().any(|t| **t == *event.table) {
-                return false;
-            }
+        if event.op == Op::Truncate || self.filters.is_empty() {
+            return Some(Delivery::AsIs);
         }
-        if event.op == Op::Truncate {
-            return true;
+        let new = self.matches_row(event.row.as_ref());
+        match (&event.old, event.op) {
+            (Some(old), Op::Update) => match (self.matches_row(Some(old)), new) {
+                (true, true) => Some(Delivery::AsIs),
+                (false, true) => Some(Delivery::View(View::Enter)),
+                (true, false) => Some(Delivery::View(View::Leave)),
+                (false, false) => None,
+            },
+            _ => new.then_some(Delivery::AsIs),
         }
-        self.filters.iter().all(|filter| filter.matches(event))
+    }
+
+    /// The event as this selection delivers it (the original or its shared view
+    /// form), or `None`.
+    pub fn pick(&self, event: &Arc<Event>) -> Option<Arc<Event>> {
+        match self.judge(event)? {
+            Delivery::AsIs => Some(Arc::clone(event)),
+            Delivery::View(view) => Some(Arc::clone(event.view(view))),
+        }
+    }
+
+    /// Whether `table` is selected.
+    pub fn selects_table(&self, table: &str) -> bool {
+        self.tables
+            .as_ref()
+            .is_none_or(|tables| tables.iter().any(|t| **t == *table))
+    }
+
+    /// Whether a row (of a selected table) passes every row filter: what a snapshot
+    /// sends, judged exactly as the stream judges a change's `row`.
+    pub fn matches_row(&self, row: Option<&serde_json::Map<String, Value>>) -> bool {
+        self.filters.iter().all(|filter| filter.matches(row))
+    }
+
+    /// Adds row filters (a token's), ANDed with those already there.
+    pub fn and_filters(&mut self, filters: impl IntoIterator<Item = Filter>) {
+        self.filters.extend(filters);
+    }
+
+    /// Whether the selection has row filters (the client's or its token's).
+    pub fn is_filtered(&self) -> bool {
+        !self.filters.is_empty()
     }
 
     /// The hub index for this selection: a column and the value keys (see
@@ -484,8 +537,13 @@ impl Filter {
         })
     }
 
-    fn matches(&self, event: &Event) -> bool {
-        let Some(value) = event.row.as_ref().and_then(|row| row.get(&self.column)) else {
+    /// The column the filter tests.
+    pub fn column(&self) -> &str {
+        &self.column
+    }
+
+    fn matches(&self, row: Option<&serde_json::Map<String, Value>>) -> bool {
+        let Some(value) = row.and_then(|row| row.get(&self.column)) else {
             return false;
         };
         match &self.test {
@@ -631,6 +689,53 @@ mod tests {
         let params = StreamParams::parse(query, &catalog()).unwrap();
         let truncate = crate::testing::event(2, "orders", "TRUNCATE", None, None);
         assert!(params.selection.matches(&truncate));
+    }
+
+    fn update(row: Value, old: Value) -> Arc<Event> {
+        crate::testing::event(7, "orders", "UPDATE", Some(row), Some(old))
+    }
+
+    #[test]
+    fn updates_are_judged_on_both_images() {
+        let pending = StreamParams::parse("filter=status=eq.pending", &catalog()).unwrap();
+        let judge = |row: &str, old: &str| {
+            pending
+                .selection
+                .judge(&update(json!({"status": row}), json!({"status": old})))
+        };
+        assert_eq!(judge("pending", "pending"), Some(Delivery::AsIs));
+        assert_eq!(
+            judge("pending", "shipped"),
+            Some(Delivery::View(View::Enter))
+        );
+        assert_eq!(
+            judge("shipped", "pending"),
+            Some(Delivery::View(View::Leave))
+        );
+        assert_eq!(judge("shipped", "delivered"), None);
+        let everything = StreamParams::parse("", &catalog()).unwrap();
+        let moved = update(json!({"status": "shipped"}), json!({"status": "pending"}));
+        assert_eq!(everything.selection.judge(&moved), Some(Delivery::AsIs));
+    }
+
+    #[test]
+    fn view_forms_are_built_once_and_shared() {
+        let pending = StreamParams::parse("filter=status=eq.pending", &catalog()).unwrap();
+        let moved = update(json!({"status": "shipped"}), json!({"status": "pending"}));
+        let first = pending.selection.pick(&moved).unwrap();
+        let second = pending.selection.pick(&moved).unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        let message: Value = serde_json::from_str(first.json.as_str()).unwrap();
+        assert_eq!(message["view"], "leave");
+        assert_eq!(message["row"], json!({"status": "shipped"}));
+        assert_eq!(message["old"], json!({"status": "pending"}));
+        assert!(!moved.json.as_str().contains("view"));
+        assert!(std::str::from_utf8(&first.sse)
+            .unwrap()
+            .starts_with("id: 7\nevent: change\ndata: {"));
+        // The first send of either form is the event's first send.
+        assert!(first.mark_first_send());
+        assert!(!moved.mark_first_send());
     }
 
     #[test]

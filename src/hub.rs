@@ -6,7 +6,8 @@
 //! batch of events wakes only the subscribers filed under the keys it touches, so a
 //! thousand clients each watching their own customer cost one wake-up per matching
 //! event, not a thousand. Waking is a permit, never a queue: a subscriber woken ten
-//! times while busy reads once. Subscribers that were not woken still see every event
+//! times while busy reads once. An UPDATE wakes the subscribers of the values in both
+//! its images, so a live view hears of a row that leaves it. Subscribers that were not woken still see every event
 //! when they next read (heartbeats make them read), so the index only ever saves work.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -153,13 +154,15 @@ impl Hub {
                     truncated = true;
                     continue;
                 }
-                let Some(row) = &event.row else { continue };
-                for column in &columns {
-                    if let Some(value) = row.get(&**column).and_then(value_key) {
-                        collect(&Key::Value {
-                            column: Arc::clone(column),
-                            value,
-                        });
+                // Either image: a row leaving a view holds the value only in `old`.
+                for row in event.row.iter().chain(&event.old) {
+                    for column in &columns {
+                        if let Some(value) = row.get(&**column).and_then(value_key) {
+                            collect(&Key::Value {
+                                column: Arc::clone(column),
+                                value,
+                            });
+                        }
                     }
                 }
             }
@@ -288,6 +291,21 @@ mod tests {
         assert!(is_woken(&some).await);
         hub.wake(&[event("orders", "TRUNCATE", json!(null))]);
         assert!(is_woken(&seven).await && is_woken(&some).await);
+    }
+
+    #[tokio::test]
+    async fn an_update_wakes_the_subscribers_of_its_old_values_too() {
+        let hub = Hub::new();
+        let seven = register(&hub, "filter=customer=eq.7");
+        let update = crate::testing::event(
+            1,
+            "orders",
+            "UPDATE",
+            Some(json!({"customer": 8})),
+            Some(json!({"customer": 7})),
+        );
+        hub.wake(&[update]);
+        assert!(is_woken(&seven).await, "the row left customer 7's view");
     }
 
     #[tokio::test]

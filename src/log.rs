@@ -143,14 +143,15 @@ impl EventLog {
         id >= self.ring.read().floor
     }
 
-    /// Copies out the events after `cursor` that pass `keep`, at most `max` of them, in
-    /// id order; O(log n) to find the start. The read lock is held only while copying
-    /// `Arc`s, never across an await.
+    /// Copies out the events after `cursor` that `pick` keeps (as the form it returns,
+    /// a live view's `enter`/`leave` say), at most `max` of them, in id order; O(log n)
+    /// to find the start. The read lock is held only while copying `Arc`s, never
+    /// across an await.
     pub fn read_after(
         &self,
         cursor: u64,
         max: usize,
-        mut keep: impl FnMut(&Event) -> bool,
+        mut pick: impl FnMut(&Arc<Event>) -> Option<Arc<Event>>,
         out: &mut impl Extend<Arc<Event>>,
     ) -> Read {
         let ring = self.ring.read();
@@ -168,8 +169,8 @@ impl EventLog {
                 };
             }
             let event = ring.event_at(pos);
-            if keep(event) {
-                out.extend(Some(Arc::clone(event)));
+            if let Some(event) = pick(event) {
+                out.extend(Some(event));
                 taken += 1;
             }
             position = event.id;
@@ -200,7 +201,7 @@ mod tests {
         let log = EventLog::new(8, 0);
         log.append([1, 2, 5, 9, 10].map(event));
         let mut out = Vec::new();
-        let read = log.read_after(2, usize::MAX, |_| true, &mut out);
+        let read = log.read_after(2, usize::MAX, |e| Some(Arc::clone(e)), &mut out);
         assert_eq!(ids(&out), [5, 9, 10]);
         assert_eq!(
             read,
@@ -211,7 +212,7 @@ mod tests {
         );
         out.clear();
         // A cursor inside a gap resumes at the next id.
-        log.read_after(6, usize::MAX, |_| true, &mut out);
+        log.read_after(6, usize::MAX, |e| Some(Arc::clone(e)), &mut out);
         assert_eq!(ids(&out), [9, 10]);
     }
 
@@ -222,12 +223,12 @@ mod tests {
         assert_eq!(log.len(), 3);
         let mut out = Vec::new();
         assert_eq!(
-            log.read_after(1, 10, |_| true, &mut out),
+            log.read_after(1, 10, |e| Some(Arc::clone(e)), &mut out),
             Read::Behind { floor: 2 }
         );
         assert!(out.is_empty());
         assert_eq!(
-            log.read_after(2, 10, |_| true, &mut out),
+            log.read_after(2, 10, |e| Some(Arc::clone(e)), &mut out),
             Read::Scanned {
                 position: 5,
                 more: false
@@ -241,7 +242,7 @@ mod tests {
         let log = EventLog::new(16, 0);
         log.append((1..=6).map(event));
         let mut out = Vec::new();
-        let read = log.read_after(0, 10, |e| e.id % 2 == 0, &mut out);
+        let read = log.read_after(0, 10, |e| (e.id % 2 == 0).then(|| Arc::clone(e)), &mut out);
         assert_eq!(ids(&out), [2, 4, 6]);
         assert_eq!(
             read,
@@ -251,7 +252,7 @@ mod tests {
             }
         );
         out.clear();
-        let read = log.read_after(0, 10, |_| false, &mut out);
+        let read = log.read_after(0, 10, |_| None, &mut out);
         assert_eq!(
             read,
             Read::Scanned {
@@ -266,7 +267,7 @@ mod tests {
         let log = EventLog::new(16, 0);
         log.append((1..=6).map(event));
         let mut out = Vec::new();
-        let read = log.read_after(0, 2, |_| true, &mut out);
+        let read = log.read_after(0, 2, |e| Some(Arc::clone(e)), &mut out);
         assert_eq!(
             read,
             Read::Scanned {
@@ -282,7 +283,7 @@ mod tests {
         let log = EventLog::new(4, 0);
         log.append((1..=3).map(event));
         let mut out = Vec::new();
-        let read = log.read_after(100, 10, |_| true, &mut out);
+        let read = log.read_after(100, 10, |e| Some(Arc::clone(e)), &mut out);
         assert_eq!(
             read,
             Read::Scanned {
@@ -298,7 +299,7 @@ mod tests {
         let log = EventLog::new(4, 5);
         log.append([3, 6, 6, 7].map(event));
         let mut out = Vec::new();
-        log.read_after(5, 10, |_| true, &mut out);
+        log.read_after(5, 10, |e| Some(Arc::clone(e)), &mut out);
         assert_eq!(ids(&out), [6, 7]);
         assert!(!log.covers(4));
         assert!(log.covers(5));

@@ -115,7 +115,7 @@ impl Session {
             self.log.read_after(
                 self.cursor,
                 MAX_BATCH,
-                |e| selection.matches(e),
+                |e| selection.pick(e),
                 &mut Changes(out),
             )
         };
@@ -170,7 +170,7 @@ impl Session {
                         // of the commit→send latency histogram.
                         event.mark_first_send();
                         self.cursor = self.cursor.max(event.id);
-                        if self.selection.matches(&event) {
+                        if let Some(event) = self.selection.pick(&event) {
                             out.push(Item::Change(event));
                         }
                     }
