@@ -25,8 +25,8 @@ use rowcast::event::Event;
 use rowcast::filter::{Catalog, StreamParams};
 use rowcast::hub::Hub;
 use rowcast::log::EventLog;
-use rowcast::session::{CatchUp, Item, Session, MAX_BATCH};
-use rowcast::testing::{self, History};
+use rowcast::session::{CatchUp, Item, Session, Snapshots, MAX_BATCH};
+use rowcast::testing::{self, History, Rows};
 use serde_json::json;
 
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
@@ -74,11 +74,17 @@ fn event(id: u64) -> Arc<Event> {
 fn sessions(log: &Arc<EventLog>, hub: &Arc<Hub>, query: &str, n: usize) -> Vec<Session> {
     let params = StreamParams::parse(query, &catalog()).expect("valid stream parameters");
     let history: Arc<dyn CatchUp> = Arc::new(History::default());
+    let rows: Arc<dyn Snapshots> = Arc::new(Rows::default());
     let mut out = Vec::new();
     (0..n)
         .map(|_| {
-            let mut session =
-                Session::open(Arc::clone(log), hub, Arc::clone(&history), params.clone());
+            let mut session = Session::open(
+                Arc::clone(log),
+                hub,
+                Arc::clone(&history),
+                Arc::clone(&rows),
+                params.clone(),
+            );
             out.clear();
             session
                 .next_batch(&mut out)

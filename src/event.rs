@@ -285,15 +285,25 @@ pub fn sse_block(id: Option<u64>, event: &str, data: &str) -> Bytes {
     out.freeze()
 }
 
-/// The control messages of the stream protocol (everything but `change`).
+/// The other messages of the stream protocol (everything but `change`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// The backlog has been sent; the stream is live.
     Ready {
-        /// The gateway's head when the backlog ended.
+        /// The gateway's head when the backlog ended (after a snapshot: its position).
         head: u64,
         /// How many change events the backlog held.
         replayed: u64,
+        /// After a snapshot, how many rows it sent.
+        snapshot: Option<u64>,
+    },
+    /// One page of a snapshot's rows (no position: on SSE a reconnect mid-snapshot
+    /// starts over).
+    Snapshot {
+        /// The table, as events name it.
+        table: Arc<str>,
+        /// The rows as a JSON array, each the JSON of a change's `row`.
+        rows: String,
     },
     /// The events after the client's position are gone; it must refetch.
     Reset {
@@ -313,9 +323,22 @@ impl Control {
     /// The JSON message.
     pub fn json(&self) -> String {
         match self {
-            Control::Ready { head, replayed } => {
-                format!(r#"{{"type":"ready","head":"{head}","replayed":{replayed}}}"#)
-            }
+            Control::Ready {
+                head,
+                replayed,
+                snapshot: None,
+            } => format!(r#"{{"type":"ready","head":"{head}","replayed":{replayed}}}"#),
+            Control::Ready {
+                head,
+                replayed,
+                snapshot: Some(rows),
+            } => format!(
+                r#"{{"type":"ready","head":"{head}","replayed":{replayed},"snapshot":{rows}}}"#
+            ),
+            Control::Snapshot { table, rows } => format!(
+                r#"{{"type":"snapshot","table":{},"rows":{rows}}}"#,
+                Value::from(&**table)
+            ),
             Control::Reset { head } => {
                 format!(r#"{{"type":"reset","reason":"history_gone","head":"{head}"}}"#)
             }
@@ -330,6 +353,7 @@ impl Control {
     pub fn sse(&self) -> Bytes {
         let name = match self {
             Control::Ready { .. } => "ready",
+            Control::Snapshot { .. } => "snapshot",
             Control::Reset { .. } => "reset",
             Control::Heartbeat { .. } => "heartbeat",
             Control::Pong => "pong",
@@ -342,7 +366,7 @@ impl Control {
         match self {
             Control::Ready { head, .. } | Control::Reset { head } => Some(*head),
             Control::Heartbeat { position } => Some(*position),
-            Control::Pong => None,
+            Control::Snapshot { .. } | Control::Pong => None,
         }
     }
 }

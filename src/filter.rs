@@ -31,6 +31,13 @@ impl Catalog {
         self.tables.contains_key(table)
     }
 
+    /// The tracked tables, by name.
+    pub fn tables(&self) -> Vec<Arc<str>> {
+        let mut tables: Vec<Arc<str>> = self.tables.keys().map(|t| Arc::from(t.as_str())).collect();
+        tables.sort();
+        tables
+    }
+
     fn has_column(&self, table: &str, column: &str) -> bool {
         self.tables
             .get(table)
@@ -115,6 +122,8 @@ pub fn parse_position(text: &str) -> Option<u64> {
 pub struct StreamParams {
     /// Resume after this id (`since`, or SSE's `Last-Event-ID`).
     pub since: Option<u64>,
+    /// `snapshot=true`: send the matching rows first (only when there is no `since`).
+    pub snapshot: bool,
     /// Which events to send.
     pub selection: Selection,
 }
@@ -132,8 +141,24 @@ impl StreamParams {
         let mut tables: Option<Vec<Arc<str>>> = None;
         let mut ops = None;
         let mut filters = Vec::new();
+        let mut snapshot = None;
         for (name, value) in query::parse_pairs(query)? {
             match name.as_str() {
+                "snapshot" => {
+                    if snapshot.is_some() {
+                        return Err(ParamError::invalid("snapshot", "given more than once"));
+                    }
+                    snapshot = Some(match value.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(ParamError::invalid(
+                                "snapshot",
+                                format!("must be true or false, not `{value}`"),
+                            ))
+                        }
+                    });
+                }
                 "since" => {
                     if since.is_some() {
                         return Err(ParamError::invalid("since", "given more than once"));
@@ -175,6 +200,7 @@ impl StreamParams {
         }
         Ok(StreamParams {
             since,
+            snapshot: snapshot.unwrap_or(false),
             selection: Selection {
                 tables,
                 ops: ops.unwrap_or(ALL_OPS),
@@ -815,6 +841,10 @@ mod tests {
             ("filter==eq.x", "filter"),
             ("since=1&since=2", "since"),
             ("sinse=1", "sinse"),
+            ("snapshot=yes", "snapshot"),
+            ("snapshot=TRUE", "snapshot"),
+            ("snapshot=", "snapshot"),
+            ("snapshot=true&snapshot=true", "snapshot"),
         ];
         for (query, param) in cases {
             let err = StreamParams::parse(query, &catalog()).unwrap_err();

@@ -18,10 +18,11 @@ use crate::pg::changes::{self, ChangeLog};
 use crate::pg::connect::Waiting;
 use crate::pg::embedded::Embedded;
 use crate::pg::pool::REQUEST_DEADLINE;
+use crate::pg::snapshot::Snapshotter;
 use crate::pg::source::{Source, SourceStatus};
 use crate::pg::startup::{self, Deadline, StartError, STARTUP_DEADLINE};
 use crate::pg::{retention, DbError, Pool};
-use crate::session::{self, CatchUp, Session};
+use crate::session::{self, CatchUp, Session, Snapshots};
 
 /// Everything the transports share.
 #[derive(Debug)]
@@ -39,6 +40,8 @@ pub struct Gateway {
     /// What every stream loop needs (heartbeat period, shutdown, metrics), held once
     /// here so that each idle stream holds a reference, not a copy.
     pub pace: session::Pace,
+    /// Where `snapshot=true` sessions read the rows that match now.
+    pub snapshots: Arc<dyn Snapshots>,
     /// Whether the source is live, and the tracked tables.
     pub source: Arc<SourceStatus>,
     /// Counters for `/metrics`.
@@ -115,6 +118,7 @@ impl Gateway {
             shutdown: shutdown.clone(),
             metrics: Arc::clone(&metrics),
         };
+        let snapshots = Arc::new(Snapshotter::new(Arc::clone(&pool), config.pool_size));
         Ok(Arc::new(Gateway {
             auth,
             config,
@@ -123,6 +127,7 @@ impl Gateway {
             pool,
             catch_up,
             pace,
+            snapshots,
             source,
             metrics,
             shutdown,
@@ -162,6 +167,7 @@ impl Gateway {
             Arc::clone(&self.log),
             &self.hub,
             Arc::clone(&self.catch_up),
+            Arc::clone(&self.snapshots),
             params,
         )
     }

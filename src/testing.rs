@@ -1,12 +1,12 @@
 //! Test support shared by the unit tests and the benches: events built from a few
-//! fields, and history in memory for sessions. Not part of the API.
+//! fields, and history and rows in memory for sessions. Not part of the API.
 
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::event::{ChangeRecord, Event};
-use crate::session::{CatchUp, Page, Reading};
+use crate::session::{CatchUp, Page, Reading, SnapshotPage, SnapshotRead, Snapshots};
 
 /// The commit time every test event carries.
 pub const COMMITTED_AT: &str = "2026-11-24T21:00:00.123456Z";
@@ -65,5 +65,49 @@ impl CatchUp for History {
     fn issued_head(&self) -> Reading<'_, u64> {
         let newest = self.events.last().map_or(0, |event| event.id);
         Box::pin(std::future::ready(Ok(newest.max(self.pruned_upto))))
+    }
+}
+
+/// Rows held in memory, as a session's snapshot reader: each table's rows, read
+/// `page` at a time, at `position`.
+#[derive(Debug, Clone, Default)]
+pub struct Rows {
+    /// The snapshot's position.
+    pub position: u64,
+    /// Each table and its rows, in key order.
+    pub tables: Vec<(Arc<str>, Vec<serde_json::Map<String, Value>>)>,
+    /// Rows per page (at least 1).
+    pub page: usize,
+}
+
+impl Snapshots for Rows {
+    fn begin(&self, tables: Option<Vec<Arc<str>>>) -> Reading<'_, Box<dyn SnapshotRead>> {
+        let mut read = self.clone();
+        if let Some(tables) = tables {
+            read.tables.retain(|(table, _)| tables.contains(table));
+        }
+        Box::pin(std::future::ready(Ok(
+            Box::new(read) as Box<dyn SnapshotRead>
+        )))
+    }
+}
+
+impl SnapshotRead for Rows {
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn next_page(&mut self) -> Reading<'_, Option<SnapshotPage>> {
+        let page = self.tables.first_mut().map(|(table, rows)| {
+            let take = self.page.max(1).min(rows.len());
+            SnapshotPage {
+                table: Arc::clone(table),
+                rows: rows.drain(..take).collect(),
+            }
+        });
+        if self.tables.first().is_some_and(|(_, rows)| rows.is_empty()) {
+            self.tables.remove(0);
+        }
+        Box::pin(std::future::ready(Ok(page)))
     }
 }

@@ -71,7 +71,7 @@ impl Reader {
     fn events(&self) -> Vec<Arc<Event>> {
         let mut out = Vec::new();
         self.log
-            .read_after(self.start, usize::MAX, |_| true, &mut out);
+            .read_after(self.start, usize::MAX, |e| Some(Arc::clone(e)), &mut out);
         out
     }
 

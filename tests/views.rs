@@ -265,3 +265,381 @@ async fn two_anded_filters_see_rows_enter_and_leave_on_both_transports_live_and_
 async fn unfiltered_streams_get_every_update_as_is_without_view() {
     views_stay_exact(&[], "true").await;
 }
+
+// ---------------------------------------------------------------------------------
+// Snapshots
+// ---------------------------------------------------------------------------------
+
+/// A client's copy of a view: rows by `id`, kept by applying a snapshot and then
+/// changes the way DESIGN tells clients to. It fails on anything an exact stream
+/// cannot send: a row twice in a snapshot, an INSERT or `enter` of a row it holds,
+/// an UPDATE, DELETE or `leave` of a row it lacks, ids that do not increase.
+#[derive(Default)]
+struct ViewCopy {
+    rows: std::collections::BTreeMap<i64, Value>,
+    /// The position after `ready`: the last change id or `ready`'s head.
+    position: Option<u64>,
+    /// Rows the snapshot sent, for `ready.snapshot`.
+    snapshot_rows: u64,
+}
+
+impl ViewCopy {
+    fn key(row: &Value) -> i64 {
+        row["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no id in {row}"))
+    }
+
+    /// Applies one message; returns whether it was `ready`.
+    fn apply(&mut self, message: &Value) -> bool {
+        match message["type"].as_str().unwrap() {
+            "snapshot" => {
+                assert!(self.position.is_none(), "snapshot after ready: {message}");
+                assert_eq!(message["table"], "orders");
+                let mut last = None;
+                for row in message["rows"].as_array().unwrap() {
+                    let key = ViewCopy::key(row);
+                    assert!(last < Some(key), "snapshot rows out of key order");
+                    last = Some(key);
+                    assert!(self.rows.insert(key, row.clone()).is_none(), "{key} twice");
+                    self.snapshot_rows += 1;
+                }
+            }
+            "ready" => {
+                if let Some(sent) = message.get("snapshot") {
+                    assert_eq!(sent.as_u64(), Some(self.snapshot_rows), "{message}");
+                }
+                self.position = Some(message["head"].as_str().unwrap().parse().unwrap());
+                return true;
+            }
+            "change" => {
+                let id: u64 = message["id"].as_str().unwrap().parse().unwrap();
+                let position = self.position.expect("a change before ready");
+                assert!(id > position, "change {id} not after {position}");
+                self.position = Some(id);
+                let row = &message["row"];
+                let present = |copy: &ViewCopy| copy.rows.contains_key(&ViewCopy::key(row));
+                match (message["op"].as_str().unwrap(), message["view"].as_str()) {
+                    ("TRUNCATE", _) => self.rows.clear(),
+                    ("INSERT", None) | ("UPDATE", Some("enter")) => {
+                        assert!(!present(self), "{message} of a row held");
+                        self.rows.insert(ViewCopy::key(row), row.clone());
+                    }
+                    ("UPDATE", None) => {
+                        assert!(present(self), "{message} of a row not held");
+                        self.rows.insert(ViewCopy::key(row), row.clone());
+                    }
+                    ("DELETE", None) | ("UPDATE", Some("leave")) => {
+                        assert!(present(self), "{message} of a row not held");
+                        self.rows.remove(&ViewCopy::key(row));
+                    }
+                    _ => panic!("unexpected {message}"),
+                }
+            }
+            "heartbeat" | "reset" => panic!("unexpected {message}"),
+            other => panic!("unknown message type {other}"),
+        }
+        false
+    }
+}
+
+/// The rows of `orders` for which the SQL `predicate` holds, by id.
+async fn rows_where(db: &TestDb, predicate: &str) -> std::collections::BTreeMap<i64, Value> {
+    db.client()
+        .await
+        .query(
+            &format!("SELECT to_jsonb(o) FROM orders o WHERE {predicate} ORDER BY id"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let row: Value = row.get(0);
+            (ViewCopy::key(&row), row)
+        })
+        .collect()
+}
+
+/// Inserts `n` orders in one statement, with statuses and customers cycling.
+async fn bulk_orders(db: &TestDb, n: usize) {
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO orders (customer_name, product_name, status)
+             SELECT 'Customer ' || (i % 7), 'Widget ' || i,
+                    (ARRAY['pending', 'shipped', 'delivered'])[1 + i % 3]
+             FROM generate_series(1, $1::int) i",
+            &[&(n as i32)],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_snapshot_sends_the_matching_rows_in_key_order_then_ready_then_later_changes() {
+    let db = TestDb::new();
+    bulk_orders(&db, 1234).await;
+    let server = TestServer::start(db.config()).await;
+    let query = format!("snapshot=true&{}", query_of(&["status=eq.pending"]));
+    for transport in BOTH {
+        let mut client = Client::open(transport, server.addr, &query).await;
+        let mut copy = ViewCopy::default();
+        let (pages, ready) = client.until_ready().await;
+        assert!(pages.len() >= 2, "{} rows fit one page", copy.rows.len());
+        for page in &pages {
+            copy.apply(page);
+        }
+        copy.apply(&ready);
+        assert_eq!(copy.rows, rows_where(&db, "status = 'pending'").await);
+        assert_eq!(ready["head"], head(&db).await.to_string());
+        assert_eq!(ready["replayed"], 0);
+        let added = insert_order(&db.client().await, "Late", "Gadget").await;
+        let change = client.next().await;
+        copy.apply(&change);
+        assert_eq!(change["row"]["id"], added, "{transport:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_covers_every_selected_table_and_orders_a_table_without_a_key() {
+    let db = TestDb::new();
+    bulk_orders(&db, 3).await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE notes (body text);
+             SELECT realtime.track('notes');
+             INSERT INTO notes SELECT 'note ' || i FROM generate_series(1, 700) i;",
+        )
+        .await
+        .unwrap();
+    let server = TestServer::start(db.config()).await;
+    for transport in BOTH {
+        let mut client = Client::open(transport, server.addr, "snapshot=true").await;
+        let (pages, ready) = client.until_ready().await;
+        let rows_of = |table: &str| -> Vec<Value> {
+            pages
+                .iter()
+                .filter(|p| p["table"] == table)
+                .flat_map(|p| p["rows"].as_array().unwrap().clone())
+                .collect()
+        };
+        let orders: Vec<Value> = rows_where(&db, "true").await.into_values().collect();
+        assert_eq!(rows_of("orders"), orders, "{transport:?}");
+        let mut notes: Vec<String> = rows_of("notes")
+            .iter()
+            .map(|n| n["body"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(notes.len(), 700);
+        notes.sort();
+        notes.dedup();
+        assert_eq!(notes.len(), 700, "every note once");
+        assert_eq!(ready["snapshot"], 703);
+    }
+}
+
+#[tokio::test]
+async fn snapshot_true_with_a_position_is_ignored() {
+    let db = TestDb::new();
+    bulk_orders(&db, 5).await;
+    let server = TestServer::start(db.config()).await;
+    let since = head(&db).await - 2;
+    for transport in BOTH {
+        let query = format!("snapshot=true&since={since}");
+        let mut client = Client::open(transport, server.addr, &query).await;
+        let (backlog, ready) = client.until_ready().await;
+        assert_eq!(backlog.len(), 2, "{backlog:?}");
+        assert!(backlog.iter().all(|m| m["type"] == "change"));
+        assert!(ready.get("snapshot").is_none(), "{ready}");
+    }
+    let last = head(&db).await.to_string();
+    let mut sse =
+        SseClient::connect(server.addr, "snapshot=true", &[("Last-Event-ID", &last)]).await;
+    let (before, ready) = sse.until_ready().await;
+    assert!(before.is_empty());
+    assert!(ready.json().get("snapshot").is_none());
+}
+
+#[tokio::test]
+async fn a_bad_snapshot_value_is_refused_with_400_on_both_endpoints() {
+    let db = TestDb::new();
+    let server = TestServer::start(db.config()).await;
+    for value in ["yes", "1", "TRUE", ""] {
+        for path in ["/ws", "/events"] {
+            let response = http(
+                server.addr,
+                "GET",
+                &format!("{path}?snapshot={value}"),
+                &[],
+                None,
+            )
+            .await;
+            assert_eq!(response.status, 400, "{path} snapshot={value}");
+            let error = &response.json()["error"];
+            assert_eq!(error["field"], "snapshot", "{error}");
+            assert_eq!(error["code"], "invalid_parameter", "{error}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_sse_client_reconnecting_mid_snapshot_starts_over_and_after_ready_resumes() {
+    let db = TestDb::new();
+    bulk_orders(&db, 2000).await;
+    let server = TestServer::start(db.config()).await;
+    // A page carries no `id:` (checked by Client::next), so a browser that lost the
+    // stream mid-snapshot reconnects without Last-Event-ID: a full snapshot again.
+    let mut first = Client::open(Transport::Sse, server.addr, "snapshot=true").await;
+    let page = first.next().await;
+    assert_eq!(page["type"], "snapshot");
+    drop(first);
+    let mut again = Client::open(Transport::Sse, server.addr, "snapshot=true").await;
+    let mut copy = ViewCopy::default();
+    let (pages, ready) = again.until_ready().await;
+    pages.iter().for_each(|p| {
+        copy.apply(p);
+    });
+    copy.apply(&ready);
+    assert_eq!(copy.rows, rows_where(&db, "true").await);
+    // After ready the browser holds its head as lastEventId: no snapshot, only later
+    // changes.
+    let added = insert_order(&db.client().await, "Later", "Gadget").await;
+    server.caught_up(&db).await;
+    let last = ready["head"].as_str().unwrap();
+    let mut resumed =
+        SseClient::connect(server.addr, "snapshot=true", &[("Last-Event-ID", last)]).await;
+    let (before, ready) = resumed.until_ready().await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0].json()["row"]["id"], added);
+    assert!(ready.json().get("snapshot").is_none());
+}
+
+/// Eight writers, each running random transactions (some rolled back) that insert
+/// orders and move them in and out of `status=pending` and customers in and out of
+/// `customer_name=in.(C0,C1)`, until `stop`.
+async fn writers(db: &TestDb, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let mut tasks = Vec::new();
+    for seed in 0..8u64 {
+        let db = db.clone();
+        let stop = std::sync::Arc::clone(&stop);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut client = db.client().await;
+            let statuses = ["pending", "shipped", "delivered"];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let tx = client.transaction().await.unwrap();
+                let mut failed = false;
+                for _ in 0..rng.usize(1..4) {
+                    let status = statuses[rng.usize(0..3)];
+                    let customer = format!("C{}", rng.usize(0..4));
+                    let id = rng.i32(1..400);
+                    let sql = match rng.usize(0..5) {
+                        0 => {
+                            "INSERT INTO orders (customer_name, product_name, status)
+                              VALUES ($2, 'w', $1) RETURNING $3::int"
+                        }
+                        1 => {
+                            "DELETE FROM orders WHERE id = $3 AND $1::text IS NOT NULL
+                              AND $2::text IS NOT NULL"
+                        }
+                        2 => {
+                            "UPDATE orders SET customer_name = $2 WHERE id = $3
+                              AND $1::text IS NOT NULL"
+                        }
+                        _ => "UPDATE orders SET status = $1 WHERE id = $3 AND $2::text IS NOT NULL",
+                    };
+                    // Writers touching the same rows in another order may deadlock;
+                    // PostgreSQL then aborts one of them, which rolls back.
+                    if tx.execute(sql, &[&status, &customer, &id]).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed || rng.usize(0..5) == 0 {
+                    tx.rollback().await.unwrap();
+                } else {
+                    tx.commit().await.unwrap();
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// A client keeping `filters` with `snapshot=true`, reconnecting at random points
+/// (mid-snapshot: starting over; after ready: resuming with `since`), ends with exactly
+/// the rows SQL selects once the writers stop.
+async fn a_view_converges(transport: Transport, filters: &[&str], predicate: &str) {
+    let db = TestDb::new();
+    bulk_orders(&db, 300).await;
+    let server = TestServer::start(db.config()).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = tokio::spawn({
+        let db = db.clone();
+        let stop = std::sync::Arc::clone(&stop);
+        async move { writers(&db, stop).await }
+    });
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut copy = ViewCopy::default();
+    let filters = query_of(filters);
+    for _ in 0..12 {
+        let query = match copy.position {
+            None => format!("snapshot=true&{filters}"),
+            Some(position) => format!("since={position}&{filters}"),
+        };
+        let mut client = Client::open(transport, server.addr, &query).await;
+        // Leave after a random number of messages (starting over if mid-snapshot).
+        for _ in 0..rng.usize(1..40) {
+            copy.apply(&client.next().await);
+        }
+        if copy.position.is_none() {
+            // Dropped mid-snapshot: the next connection starts over.
+            copy = ViewCopy::default();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writing.await.unwrap();
+    // A marker that matches, written last: once it arrives, everything before it has.
+    let marker: i64 = db
+        .client()
+        .await
+        .query_one(
+            "INSERT INTO orders (customer_name, product_name, status)
+             VALUES ('C0', 'marker', 'pending') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i32>(0)
+        .into();
+    let query = match copy.position {
+        None => format!("snapshot=true&{filters}"),
+        Some(position) => format!("since={position}&{filters}"),
+    };
+    if copy.position.is_none() {
+        copy = ViewCopy::default();
+    }
+    let mut client = Client::open(transport, server.addr, &query).await;
+    while !copy.rows.contains_key(&marker) {
+        copy.apply(&client.next().await);
+    }
+    assert_eq!(copy.rows, rows_where(&db, predicate).await, "{transport:?}");
+}
+
+#[tokio::test]
+async fn a_websocket_view_converges_to_the_query_under_concurrent_writers_and_reconnects() {
+    a_view_converges(Transport::Ws, &["status=eq.pending"], "status = 'pending'").await;
+}
+
+#[tokio::test]
+async fn an_sse_view_converges_to_the_query_under_concurrent_writers_and_reconnects() {
+    a_view_converges(
+        Transport::Sse,
+        &["status=eq.pending", "customer_name=in.(C0,C1)"],
+        "status = 'pending' AND customer_name IN ('C0', 'C1')",
+    )
+    .await;
+}

@@ -31,6 +31,9 @@ pub enum CloseCode {
     InvalidPayload,
     /// 1009: the client sent a message or frame over `--ws-max-message`.
     MessageTooBig,
+    /// 1011: the stream cannot go on exactly (a snapshot read failed midway); the
+    /// client starts over.
+    InternalError,
     /// 4001: the client left two pings unanswered.
     PingTimeout,
     /// 4008: the client did not read within `--send-timeout`.
@@ -46,6 +49,7 @@ impl CloseCode {
             CloseCode::Unsupported => 1003,
             CloseCode::InvalidPayload => 1007,
             CloseCode::MessageTooBig => 1009,
+            CloseCode::InternalError => 1011,
             CloseCode::PingTimeout => 4001,
             CloseCode::Lagging => 4008,
         }
@@ -59,6 +63,7 @@ impl CloseCode {
             CloseCode::Unsupported => "binary frames are not accepted",
             CloseCode::InvalidPayload => "invalid UTF-8",
             CloseCode::MessageTooBig => "message too big",
+            CloseCode::InternalError => "snapshot failed; start over",
             CloseCode::PingTimeout => "ping_timeout",
             CloseCode::Lagging => "lagging",
         }
@@ -79,6 +84,7 @@ impl CloseCode {
             End::Gone => None,
             End::Lagging => Some(CloseCode::Lagging),
             End::Shutdown => Some(CloseCode::GoingAway),
+            End::Broken => Some(CloseCode::InternalError),
             End::Fault(code) => Some(code),
         }
     }
@@ -99,7 +105,8 @@ impl SseFinish {
     /// The mapping for SSE, which has no faults of its own.
     pub fn for_end(end: End<Infallible>) -> SseFinish {
         match end {
-            End::Shutdown => SseFinish::LastChunk,
+            // Ended cleanly, a browser reconnects without a position: it starts over.
+            End::Shutdown | End::Broken => SseFinish::LastChunk,
             End::Lagging => SseFinish::Drop,
             End::Gone => SseFinish::Nothing,
             End::Fault(never) => match never {},
@@ -454,6 +461,11 @@ mod tests {
             CloseCode::for_end(End::Lagging).map(CloseCode::code),
             Some(4008)
         );
+        assert_eq!(
+            CloseCode::for_end(End::Broken).map(CloseCode::code),
+            Some(1011)
+        );
+        assert_eq!(SseFinish::for_end(End::Broken), SseFinish::LastChunk);
         let faults = [
             (CloseCode::Protocol, 1002),
             (CloseCode::Unsupported, 1003),

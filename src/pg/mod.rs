@@ -1,7 +1,7 @@
 //! Everything that talks to PostgreSQL: connecting (TLS, every step under a deadline),
 //! start-up, the pool, migrations, the embedded private server, the change-log queries
-//! (and the sessions' catch-up reader), the catalog of tracked tables, the source task
-//! and retention.
+//! (and the sessions' catch-up reader), the catalog of tracked tables, the snapshots of
+//! live views, the source task and retention.
 
 pub mod catalog;
 pub mod changes;
@@ -10,6 +10,7 @@ pub mod embedded;
 pub mod migrate;
 pub mod pool;
 pub mod retention;
+pub mod snapshot;
 pub mod source;
 pub mod startup;
 

@@ -60,6 +60,9 @@ pub struct PooledClient {
     /// When the loan's work must be done; dropped later, the connection may still
     /// be waiting on a silent server, so it is closed instead of reused.
     deadline: Instant,
+    /// Cleared while the loan holds a transaction open across calls (a snapshot's
+    /// cursor): dropped then, the connection is closed, never handed on mid-transaction.
+    reusable: bool,
     /// The pool's permit for this connection, released with it.
     _permit: OwnedSemaphorePermit,
 }
@@ -122,6 +125,7 @@ impl Pool {
             pool: Arc::clone(self),
             client: Some(client),
             deadline,
+            reusable: true,
             _permit: permit,
         })
     }
@@ -150,6 +154,12 @@ impl PooledClient {
     /// When the work done with this loan must be finished.
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// Marks whether the connection may be reused when the loan is dropped: `false`
+    /// while a transaction stays open between calls, so an abandoned loan closes it.
+    pub fn set_reusable(&mut self, reusable: bool) {
+        self.reusable = reusable;
     }
 
     /// Starts a read-only REPEATABLE READ transaction: one snapshot for several
@@ -190,7 +200,9 @@ impl DerefMut for PooledClient {
 impl Drop for PooledClient {
     fn drop(&mut self) {
         if let Some(conn) = self.client.take() {
-            if Instant::now() >= self.deadline {
+            if !self.reusable {
+                conn.driver.abort();
+            } else if Instant::now() >= self.deadline {
                 tracing::debug!("discarding a pooled connection that outlived its deadline");
                 conn.driver.abort();
             } else if !conn.client.is_closed() {

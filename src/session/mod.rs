@@ -5,11 +5,14 @@
 //! [`CatchUp`] when the ring no longer holds it), announces `ready`, then follows the
 //! ring as the hub wakes it. A client too far behind for the ring is paged from the
 //! catch-up reader and rejoins the ring; only when its position was deleted does it
-//! get `reset`. [`serve`] adds what every transport needs: heartbeats, shutdown,
+//! get `reset`. With `snapshot=true` and no position it first sends the rows that
+//! match now, read through [`Snapshots`], and goes on from that snapshot's position.
+//! [`serve`] adds what every transport needs: heartbeats, shutdown,
 //! lagging clients and the stream metrics.
 
 pub mod catchup;
 pub mod sink;
+pub mod snapshot;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use catchup::{CatchUp, CatchUpError, Page, Reading};
 pub use sink::{End, SendDeadline, Sent, Sink};
+pub use snapshot::{SnapshotPage, SnapshotRead, Snapshots};
 
 use crate::event::{Control, Event};
 use crate::filter::{Selection, StreamParams};
@@ -43,6 +47,8 @@ pub enum Item {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// `snapshot=true` without a position: sending the matching rows first.
+    Snapshot { rows: u64 },
     /// Sending the events after `since`; `ready` not yet sent.
     Backlog { replayed: u64 },
     /// `ready` sent; following the ring.
@@ -66,6 +72,13 @@ pub struct Session {
     phase: Phase,
     /// Set when a catch-up read failed, so the next wait is bounded.
     retry_pending: bool,
+    /// Where a `snapshot=true` session reads the rows that match now.
+    snapshots: Arc<dyn Snapshots>,
+    /// The snapshot being read (boxed: most sessions never have one).
+    snapshot: Option<Box<dyn SnapshotRead>>,
+    /// Set when a snapshot read failed after pages were sent: the stream cannot go
+    /// on exactly, so it ends ([`End::Broken`]) and the client starts over.
+    broken: bool,
 }
 
 /// A batch as the ring fills it: each event it hands over becomes a change.
@@ -84,18 +97,30 @@ impl Session {
         log: Arc<EventLog>,
         hub: &Arc<Hub>,
         catch_up: Arc<dyn CatchUp>,
+        snapshots: Arc<dyn Snapshots>,
         params: StreamParams,
     ) -> Session {
         let registration = hub.register(&params.selection);
-        let cursor = params.since.unwrap_or_else(|| log.head());
+        // With a position, `snapshot=true` is ignored. While a snapshot is sent the
+        // position is 0: heartbeats then give the client nothing to resume from.
+        let (cursor, phase) = match params.since {
+            None if params.snapshot => (0, Phase::Snapshot { rows: 0 }),
+            since => (
+                since.unwrap_or_else(|| log.head()),
+                Phase::Backlog { replayed: 0 },
+            ),
+        };
         Session {
             log,
             catch_up,
             selection: params.selection,
             registration,
             cursor,
-            phase: Phase::Backlog { replayed: 0 },
+            phase,
             retry_pending: false,
+            snapshots,
+            snapshot: None,
+            broken: false,
         }
     }
 
@@ -104,9 +129,20 @@ impl Session {
         self.cursor
     }
 
+    /// Whether the stream cannot go on (a snapshot read failed midway).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     /// Appends the next messages to `out` (nothing if there is nothing to send now).
-    /// At most [`MAX_BATCH`] changes.
+    /// At most [`MAX_BATCH`] changes, or one snapshot page.
     pub async fn next_batch(&mut self, out: &mut Vec<Item>) {
+        if self.broken {
+            return;
+        }
+        if let Phase::Snapshot { .. } = self.phase {
+            return self.next_snapshot_page(out).await;
+        }
         let before = out.len();
         let read = {
             let selection = &self.selection;
@@ -158,6 +194,7 @@ impl Session {
                     out.push(Item::Control(Control::Ready {
                         head: position,
                         replayed,
+                        snapshot: None,
                     }));
                     self.phase = Phase::Live;
                 }
@@ -188,6 +225,69 @@ impl Session {
                     self.retry_pending = true;
                 }
             },
+        }
+    }
+
+    /// Appends the next page of matching rows, or, once every table was read,
+    /// `ready` at the snapshot's position; the stream then follows from there.
+    async fn next_snapshot_page(&mut self, out: &mut Vec<Item>) {
+        let read = match &mut self.snapshot {
+            Some(read) => read,
+            None => match self.snapshots.begin(self.selection.tables.clone()).await {
+                Ok(read) => self.snapshot.insert(read),
+                Err(err) => {
+                    // Nothing was sent yet: try again after the retry delay.
+                    tracing::warn!(%err, "starting a snapshot failed; retrying");
+                    self.retry_pending = true;
+                    return;
+                }
+            },
+        };
+        self.retry_pending = false;
+        loop {
+            match read.next_page().await {
+                Ok(Some(page)) => {
+                    let rows: Vec<&serde_json::Map<String, serde_json::Value>> = page
+                        .rows
+                        .iter()
+                        .filter(|row| self.selection.matches_row(Some(row)))
+                        .collect();
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    if let Phase::Snapshot { rows: sent } = &mut self.phase {
+                        *sent += rows.len() as u64;
+                    }
+                    out.push(Item::Control(Control::Snapshot {
+                        table: page.table,
+                        // Serialising maps of Values cannot fail.
+                        rows: serde_json::to_string(&rows).unwrap_or_default(),
+                    }));
+                    return;
+                }
+                Ok(None) => {
+                    let head = read.position();
+                    let rows = match self.phase {
+                        Phase::Snapshot { rows } => rows,
+                        _ => 0,
+                    };
+                    self.snapshot = None;
+                    self.cursor = head;
+                    self.phase = Phase::Live;
+                    out.push(Item::Control(Control::Ready {
+                        head,
+                        replayed: 0,
+                        snapshot: Some(rows),
+                    }));
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "a snapshot read failed midway; ending the stream");
+                    self.snapshot = None;
+                    self.broken = true;
+                    return;
+                }
+            }
         }
     }
 
@@ -258,6 +358,9 @@ async fn run<S: Sink>(session: &mut Session, sink: &mut S, pace: &Pace) -> End<S
     loop {
         items.clear();
         session.next_batch(&mut items).await;
+        if session.is_broken() {
+            return End::Broken;
+        }
         if !items.is_empty() {
             if let Err(end) = sink.send(&items).await {
                 return end;
@@ -319,7 +422,7 @@ fn record_sent(metrics: &Metrics, items: &[Item], transport: Transport) {
 mod tests {
     use super::*;
     use crate::filter::Catalog;
-    use crate::testing::{self, History};
+    use crate::testing::{self, History, Rows};
     use serde_json::json;
 
     fn event(id: i64) -> Arc<Event> {
@@ -332,7 +435,51 @@ mod tests {
         log.append((1..=8).map(event));
         let catalog = Catalog::new([("orders".to_owned(), vec!["id".to_owned()])]);
         let params = StreamParams::parse(&format!("since={since}"), &catalog).unwrap();
-        Session::open(log, &Hub::new(), Arc::new(history), params)
+        Session::open(
+            log,
+            &Hub::new(),
+            Arc::new(history),
+            Arc::new(Rows::default()),
+            params,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_sends_matching_rows_in_pages_then_ready_at_its_position() {
+        let log = Arc::new(EventLog::new(4, 0));
+        log.append((1..=8).map(event));
+        let catalog = Catalog::new([("orders".to_owned(), vec!["id".to_owned()])]);
+        let params = StreamParams::parse("snapshot=true&filter=id=gt.1", &catalog).unwrap();
+        let row = |id: i64| json!({"id": id}).as_object().unwrap().clone();
+        let rows = Rows {
+            position: 7,
+            tables: vec![(Arc::from("orders"), (1..=5).map(row).collect())],
+            page: 2,
+        };
+        let history = History::default();
+        let mut session =
+            Session::open(log, &Hub::new(), Arc::new(history), Arc::new(rows), params);
+        assert_eq!(
+            session.position(),
+            0,
+            "no position to resume from mid-snapshot"
+        );
+        let mut sent = Vec::new();
+        for _ in 0..5 {
+            let mut items = Vec::new();
+            session.next_batch(&mut items).await;
+            sent.extend(summary(&items));
+        }
+        assert_eq!(
+            sent,
+            [
+                r#"{"type":"snapshot","table":"orders","rows":[{"id":2}]}"#,
+                r#"{"type":"snapshot","table":"orders","rows":[{"id":3},{"id":4}]}"#,
+                r#"{"type":"snapshot","table":"orders","rows":[{"id":5}]}"#,
+                r#"{"type":"ready","head":"7","replayed":0,"snapshot":4}"#,
+                "8",
+            ]
+        );
     }
 
     fn summary(items: &[Item]) -> Vec<String> {

@@ -16,6 +16,9 @@ pub enum End<F> {
     Lagging,
     /// The gateway is shutting down.
     Shutdown,
+    /// The session cannot go on exactly (a snapshot read failed midway): the client
+    /// must start over.
+    Broken,
     /// The transport ends the stream for a reason of its own (a client's bad frame).
     Fault(F),
 }

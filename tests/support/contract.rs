@@ -13,7 +13,15 @@ const ASYNCAPI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/asyncapi.yaml"
 
 /// The messages the server sends, by their `type` (which is also their SSE `event:`
 /// name and their key under `components/messages`).
-const SERVER_MESSAGES: [&str; 6] = ["change", "ready", "reset", "heartbeat", "pong", "error"];
+const SERVER_MESSAGES: [&str; 7] = [
+    "snapshot",
+    "change",
+    "ready",
+    "reset",
+    "heartbeat",
+    "pong",
+    "error",
+];
 
 /// One validator per server message, built once per test binary.
 static VALIDATORS: LazyLock<HashMap<&'static str, Validator>> = LazyLock::new(|| {
