@@ -643,3 +643,80 @@ async fn an_sse_view_converges_to_the_query_under_concurrent_writers_and_reconne
     )
     .await;
 }
+
+/// The value of a `/metrics` series.
+async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let response = http(addr, "GET", "/metrics", &[], None).await;
+    let prefix = format!("{series} ");
+    response
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_snapshot_of_100_000_rows_streams_in_bounded_memory_and_a_stalled_one_is_dropped() {
+    const ROWS: u64 = 100_000;
+    let db = TestDb::new();
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE big (id serial PRIMARY KEY, body text);
+             SELECT realtime.track('big');
+             INSERT INTO big (body) SELECT repeat(md5(i::text), 32)
+             FROM generate_series(1, {ROWS}) i;"
+        ))
+        .await
+        .unwrap();
+    let gateway = GatewayProcess::start(&db.url, &["--send-timeout", "1s"]).await;
+    let addr = gateway.addr;
+    let baseline = gateway.rss_kib();
+
+    // A client that never reads: dropped as lagging, its transaction closed.
+    let stalled = support::clients::small_buffer_stream(addr).await;
+    let _stalled = WsClient::connect_on(stalled, addr, "snapshot=true&tables=big").await;
+
+    let started = std::time::Instant::now();
+    let mut client = Client::open(Transport::Ws, addr, "snapshot=true&tables=big").await;
+    let (mut rows, mut pages, mut peak) = (0u64, 0u64, baseline);
+    let mut last_id = 0;
+    loop {
+        let message = client.next().await;
+        if message["type"] == "ready" {
+            assert_eq!(message["snapshot"], ROWS);
+            break;
+        }
+        for row in message["rows"].as_array().unwrap() {
+            let id = row["id"].as_i64().unwrap();
+            assert!(id > last_id, "key order");
+            last_id = id;
+            rows += 1;
+        }
+        pages += 1;
+        if pages % 10 == 0 {
+            peak = peak.max(gateway.rss_kib());
+        }
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(rows, ROWS);
+    let grown_mib = (peak.saturating_sub(baseline)) / 1024;
+    eprintln!(
+        "snapshot of {ROWS} rows (~{} MiB of JSON) in {elapsed:.2?}; gateway RSS {} MiB → peak {} MiB",
+        ROWS * 1050 / 1024 / 1024,
+        baseline / 1024,
+        peak / 1024
+    );
+    assert!(grown_mib < 48, "gateway grew by {grown_mib} MiB");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while metric(addr, "rowcast_lagging_disconnects_total").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled client stayed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
