@@ -3,11 +3,13 @@
 //! Browsers cannot set headers on `EventSource` or `WebSocket`, so the token is also
 //! accepted as the `access_token` query parameter (which is never logged: request logs
 //! carry the path only). A JWT's `tables` claim, when present, limits what its holder
-//! may read and subscribe to.
+//! may read and subscribe to; its `filter` claim, which rows (see [`crate::scope`]).
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
+
+use crate::scope::{RowScope, ScopeError};
 
 /// How clients prove who they are.
 #[derive(Clone)]
@@ -49,6 +51,12 @@ impl JwtVerifier {
         match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
             Ok(data) => Ok(Grant {
                 tables: data.claims.tables,
+                // Read only once the signature holds; a bad claim refuses the token.
+                scope: data
+                    .claims
+                    .filter
+                    .map(|claim| RowScope::from_claim(&claim))
+                    .transpose()?,
             }),
             Err(err) => match err.kind() {
                 ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => {
@@ -72,16 +80,21 @@ impl std::fmt::Debug for Auth {
 }
 
 /// What a verified credential allows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Grant {
     /// Tables the holder may read; `None` means all.
     pub tables: Option<Vec<String>>,
+    /// The rows it may see, from the JWT `filter` claim; `None` means all.
+    pub scope: Option<RowScope>,
 }
 
 impl Grant {
     /// Everything (auth off, or a static token).
     pub fn all() -> Grant {
-        Grant { tables: None }
+        Grant {
+            tables: None,
+            scope: None,
+        }
     }
 
     /// Whether `table` may be read.
@@ -104,12 +117,16 @@ pub enum AuthError {
     /// The JWT's `exp` has passed (or its `nbf` is ahead).
     #[error("token expired or not yet valid")]
     Expired,
+    /// The JWT's `filter` claim cannot be applied: never read as "see everything".
+    #[error(transparent)]
+    BadScope(#[from] ScopeError),
 }
 
 /// The claims rowcast reads (the library reads `exp` and `nbf` itself).
 #[derive(Deserialize)]
 struct Claims {
     tables: Option<Vec<String>>,
+    filter: Option<serde_json::Value>,
 }
 
 impl Auth {
@@ -220,13 +237,23 @@ mod tests {
     const HS384: &str = "eyJhbGciOiJIUzM4NCIsInR5cCI6IkpXVCJ9";
 
     #[test]
+    fn a_filter_claim_becomes_the_grants_scope_and_a_bad_one_refuses_the_token() {
+        let jwt = JwtVerifier::new("k");
+        let scoped = sign_jwt("k", &json!({"filter": {"orders": ["id=eq.1"]}}));
+        assert!(jwt.verify(&scoped).unwrap().scope.is_some());
+        let bad = sign_jwt("k", &json!({"filter": {"orders": ["id"]}}));
+        assert!(matches!(jwt.verify(&bad), Err(AuthError::BadScope(_))));
+    }
+
+    #[test]
     fn a_good_jwt_grants_its_tables_claim() {
         let jwt = JwtVerifier::new("k");
         let scoped = sign_jwt("k", &json!({"exp": now() + 600, "tables": ["orders"]}));
         assert_eq!(
             jwt.verify(&scoped),
             Ok(Grant {
-                tables: Some(vec!["orders".into()])
+                tables: Some(vec!["orders".into()]),
+                scope: None,
             })
         );
         let unscoped = sign_jwt("k", &json!({}));
@@ -299,6 +326,7 @@ mod tests {
     fn grants_limit_tables() {
         let grant = Grant {
             tables: Some(vec!["orders".into()]),
+            scope: None,
         };
         assert!(grant.allows("orders"));
         assert!(!grant.allows("audit.log"));

@@ -38,7 +38,8 @@ impl Catalog {
         tables
     }
 
-    fn has_column(&self, table: &str, column: &str) -> bool {
+    /// Whether `table` is tracked and has `column`.
+    pub fn has_column(&self, table: &str, column: &str) -> bool {
         self.tables
             .get(table)
             .is_some_and(|columns| columns.iter().any(|c| c == column))
@@ -205,6 +206,7 @@ impl StreamParams {
                 tables,
                 ops: ops.unwrap_or(ALL_OPS),
                 filters,
+                table_filters: Vec::new(),
             },
         })
     }
@@ -260,6 +262,8 @@ pub struct Selection {
     ops: u8,
     /// The `filter=` conditions, all of which an event must pass.
     filters: Vec<Filter>,
+    /// Filters for the rows of one table only (a token's scope), ANDed with `filters`.
+    table_filters: Vec<(Arc<str>, Vec<Filter>)>,
 }
 
 impl Selection {
@@ -276,12 +280,12 @@ impl Selection {
         if self.ops & event.op.bit() == 0 || !self.selects_table(&event.table) {
             return None;
         }
-        if event.op == Op::Truncate || self.filters.is_empty() {
+        if event.op == Op::Truncate || !self.filters_table(&event.table) {
             return Some(Delivery::AsIs);
         }
-        let new = self.matches_row(event.row.as_ref());
+        let new = self.matches_row(&event.table, event.row.as_ref());
         match (&event.old, event.op) {
-            (Some(old), Op::Update) => match (self.matches_row(Some(old)), new) {
+            (Some(old), Op::Update) => match (self.matches_row(&event.table, Some(old)), new) {
                 (true, true) => Some(Delivery::AsIs),
                 (false, true) => Some(Delivery::View(View::Enter)),
                 (true, false) => Some(Delivery::View(View::Leave)),
@@ -307,20 +311,30 @@ impl Selection {
             .is_none_or(|tables| tables.iter().any(|t| **t == *table))
     }
 
-    /// Whether a row (of a selected table) passes every row filter: what a snapshot
-    /// sends, judged exactly as the stream judges a change's `row`.
-    pub fn matches_row(&self, row: Option<&serde_json::Map<String, Value>>) -> bool {
+    /// Whether a row of `table` passes every row filter: what a snapshot sends,
+    /// judged exactly as the stream judges a change's `row`.
+    pub fn matches_row(&self, table: &str, row: Option<&serde_json::Map<String, Value>>) -> bool {
         self.filters.iter().all(|filter| filter.matches(row))
+            && self
+                .table_filters
+                .iter()
+                .filter(|(t, _)| **t == *table)
+                .all(|(_, filters)| filters.iter().all(|filter| filter.matches(row)))
     }
 
-    /// Adds row filters (a token's), ANDed with those already there.
-    pub fn and_filters(&mut self, filters: impl IntoIterator<Item = Filter>) {
-        self.filters.extend(filters);
+    /// Adds filters for the rows of `table` only (a token's scope), ANDed with the
+    /// rest.
+    pub fn and_table_filters(&mut self, table: &str, filters: &[Filter]) {
+        if !filters.is_empty() {
+            self.table_filters
+                .push((Arc::from(table), filters.to_vec()));
+        }
     }
 
-    /// Whether the selection has row filters (the client's or its token's).
-    pub fn is_filtered(&self) -> bool {
-        !self.filters.is_empty()
+    /// Whether rows of `table` are filtered at all (by the client or its token): only
+    /// then is a change judged on its images.
+    fn filters_table(&self, table: &str) -> bool {
+        !self.filters.is_empty() || self.table_filters.iter().any(|(t, _)| **t == *table)
     }
 
     /// The hub index for this selection: a column and the value keys (see
@@ -568,7 +582,8 @@ impl Filter {
         &self.column
     }
 
-    fn matches(&self, row: Option<&serde_json::Map<String, Value>>) -> bool {
+    /// Whether a row passes; a missing row, column or null value never does.
+    pub fn matches(&self, row: Option<&serde_json::Map<String, Value>>) -> bool {
         let Some(value) = row.and_then(|row| row.get(&self.column)) else {
             return false;
         };

@@ -36,8 +36,9 @@
 //!   `/readyz`, `/metrics` or the UI; [`http::error`] is the one place errors reach
 //!   the wire (statuses, close codes, in-stream errors).
 //! - [`config`] reads flags and environment; [`metrics`] renders Prometheus text;
-//!   [`auth`] checks bearer tokens and JWTs when authentication is on; [`query`]
-//!   splits query strings.
+//!   [`auth`] checks bearer tokens and JWTs when authentication is on; [`scope`]
+//!   reads a JWT's `filter` claim, the rows its holder may see; [`query`] splits
+//!   query strings.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -54,6 +55,7 @@ pub mod log;
 pub mod metrics;
 pub mod pg;
 pub mod query;
+pub mod scope;
 pub mod session;
 #[doc(hidden)]
 pub mod testing;

@@ -74,8 +74,8 @@ impl CatchUp for History {
 pub struct Rows {
     /// The snapshot's position.
     pub position: u64,
-    /// Each table and its rows, in key order.
-    pub tables: Vec<(Arc<str>, Vec<serde_json::Map<String, Value>>)>,
+    /// Each table and all its rows, in key order.
+    pub tables: Vec<SnapshotPage>,
     /// Rows per page (at least 1).
     pub page: usize,
 }
@@ -84,7 +84,7 @@ impl Snapshots for Rows {
     fn begin(&self, tables: Option<Vec<Arc<str>>>) -> Reading<'_, Box<dyn SnapshotRead>> {
         let mut read = self.clone();
         if let Some(tables) = tables {
-            read.tables.retain(|(table, _)| tables.contains(table));
+            read.tables.retain(|page| tables.contains(&page.table));
         }
         Box::pin(std::future::ready(Ok(
             Box::new(read) as Box<dyn SnapshotRead>
@@ -98,14 +98,14 @@ impl SnapshotRead for Rows {
     }
 
     fn next_page(&mut self) -> Reading<'_, Option<SnapshotPage>> {
-        let page = self.tables.first_mut().map(|(table, rows)| {
-            let take = self.page.max(1).min(rows.len());
+        let page = self.tables.first_mut().map(|all| {
+            let take = self.page.max(1).min(all.rows.len());
             SnapshotPage {
-                table: Arc::clone(table),
-                rows: rows.drain(..take).collect(),
+                table: Arc::clone(&all.table),
+                rows: all.rows.drain(..take).collect(),
             }
         });
-        if self.tables.first().is_some_and(|(_, rows)| rows.is_empty()) {
+        if self.tables.first().is_some_and(|all| all.rows.is_empty()) {
             self.tables.remove(0);
         }
         Box::pin(std::future::ready(Ok(page)))

@@ -193,12 +193,24 @@ async fn moves(db: &TestDb) {
 /// gets exactly the deliveries SQL computes, and `ready`'s head covers the events
 /// that did not match.
 async fn views_stay_exact(filters: &[&str], matches: &str) {
+    views_stay_exact_as(None, filters, matches).await
+}
+
+/// [`views_stay_exact`] for the holder of `token` (a JWT signed with [`SECRET`]),
+/// on gateways that require it on streams.
+async fn views_stay_exact_as(token: Option<&str>, filters: &[&str], matches: &str) {
     let db = TestDb::new();
-    let query = query_of(filters);
-    let wide = TestServer::start(db.config()).await;
+    let mut query = query_of(filters);
+    let mut config = db.config();
+    if let Some(token) = token {
+        config.jwt_secret = Some(SECRET.into());
+        config.auth_streams = true;
+        query = format!("access_token={token}&{query}");
+    }
+    let wide = TestServer::start(config.clone()).await;
     let narrow = TestServer::start(Config {
         ring_capacity: 2,
-        ..db.config()
+        ..config
     })
     .await;
     let start = head(&db).await;
@@ -209,8 +221,9 @@ async fn views_stay_exact(filters: &[&str], matches: &str) {
         live.push((transport, "live", client));
     }
     moves(&db).await;
-    let want = expected(&db, start, matches, !filters.is_empty()).await;
-    assert!(want.iter().any(|(_, view)| !view.is_empty()) || filters.is_empty());
+    let filtered = !filters.is_empty() || token.is_some();
+    let want = expected(&db, start, matches, filtered).await;
+    assert!(want.iter().any(|(_, view)| !view.is_empty()) || !filtered);
     let end = head(&db).await;
     for (transport, how, client) in &mut live {
         let got = deliveries(&client.changes_until_truncate().await);
@@ -718,5 +731,237 @@ async fn a_snapshot_of_100_000_rows_streams_in_bounded_memory_and_a_stalled_one_
             "the stalled client stayed"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The JWT `filter` claim
+// ---------------------------------------------------------------------------------
+
+const SECRET: &str = "views-secret";
+
+/// A JWT for [`SECRET`] with these claims, valid for ten minutes.
+fn token(claims: Value) -> String {
+    let mut claims = claims;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    claims["exp"] = (now + 600).into();
+    rowcast::auth::sign_jwt(SECRET, &claims)
+}
+
+fn ann_and_zed() -> String {
+    token(serde_json::json!({"filter": {"orders": ["customer_name=in.(Ann,Zed)"]}}))
+}
+
+#[tokio::test]
+async fn a_token_filter_alone_makes_a_view_with_enter_and_leave_live_and_resumed() {
+    views_stay_exact_as(
+        Some(&ann_and_zed()),
+        &[],
+        "{x}->>'customer_name' IN ('Ann', 'Zed')",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_token_filter_is_anded_with_the_clients_own_filters() {
+    views_stay_exact_as(
+        Some(&ann_and_zed()),
+        &["status=eq.pending"],
+        "{x}->>'customer_name' IN ('Ann', 'Zed') AND {x}->>'status' = 'pending'",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_token_filter_limits_snapshots_on_both_transports() {
+    let db = TestDb::new();
+    bulk_orders(&db, 1500).await;
+    let server = TestServer::start(Config {
+        jwt_secret: Some(SECRET.into()),
+        auth_streams: true,
+        ..db.config()
+    })
+    .await;
+    let holder = token(serde_json::json!({"filter": {"orders": ["customer_name=eq.Customer 3"]}}));
+    for (filters, predicate) in [
+        ("", "customer_name = 'Customer 3'"),
+        (
+            "&filter=status=eq.shipped",
+            "customer_name = 'Customer 3' AND status = 'shipped'",
+        ),
+    ] {
+        for transport in BOTH {
+            let query = format!("snapshot=true&access_token={holder}{filters}");
+            let mut client = Client::open(transport, server.addr, &query).await;
+            let mut copy = ViewCopy::default();
+            let (pages, ready) = client.until_ready().await;
+            pages.iter().for_each(|page| {
+                copy.apply(page);
+            });
+            copy.apply(&ready);
+            assert_eq!(
+                copy.rows,
+                rows_where(&db, predicate).await,
+                "{transport:?} {filters}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_token_filter_limits_rest_reads_and_refuses_writes_outside_it() {
+    let db = TestDb::new();
+    bulk_orders(&db, 30).await;
+    let client = db.client().await;
+    let ann = insert_order(&client, "Ann", "a").await;
+    let bob = insert_order(&client, "Bob", "b").await;
+    // Reads are open here: a presented token still limits what its holder sees.
+    let server = TestServer::start(Config {
+        jwt_secret: Some(SECRET.into()),
+        ..db.config()
+    })
+    .await;
+    let holder = ann_and_zed();
+    let auth = format!("Bearer {holder}");
+    let headers = [("Authorization", auth.as_str())];
+    let request = |method: &'static str, path: String, body: Option<&'static [u8]>| async move {
+        let mut headers = headers.to_vec();
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        http(server.addr, method, &path, &headers, body).await
+    };
+    let list = request("GET", "/api/orders".into(), None).await;
+    assert_eq!(list.status, 200);
+    let listed: Vec<i64> = list
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ViewCopy::key)
+        .collect();
+    assert_eq!(listed, vec![ann as i64]);
+    let page = request("GET", "/api/orders?limit=1&after_id=0".into(), None).await;
+    assert_eq!(page.json()[0]["id"], ann);
+    assert_eq!(
+        request("GET", format!("/api/orders/{ann}"), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        request("GET", format!("/api/orders/{bob}"), None)
+            .await
+            .status,
+        404
+    );
+    let before = rows_where(&db, "true").await;
+    let refused = [
+        request(
+            "POST",
+            "/api/orders".into(),
+            Some(br#"{"customer_name":"Bob","product_name":"x"}"#),
+        )
+        .await,
+        request(
+            "PATCH",
+            format!("/api/orders/{ann}"),
+            Some(br#"{"customer_name":"Bob"}"#),
+        )
+        .await,
+        request(
+            "PATCH",
+            format!("/api/orders/{bob}"),
+            Some(br#"{"customer_name":"Ann"}"#),
+        )
+        .await,
+        request(
+            "PUT",
+            format!("/api/orders/{bob}"),
+            Some(br#"{"status":"shipped"}"#),
+        )
+        .await,
+        request("DELETE", format!("/api/orders/{bob}"), None).await,
+    ];
+    for response in &refused {
+        assert_eq!(response.status, 403, "{}", response.body);
+        assert_eq!(response.json()["error"]["code"], "forbidden");
+    }
+    assert_eq!(rows_where(&db, "true").await, before, "nothing was written");
+    let created = request(
+        "POST",
+        "/api/orders".into(),
+        Some(br#"{"customer_name":"Zed","product_name":"x"}"#),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let moved = request(
+        "PATCH",
+        format!("/api/orders/{ann}"),
+        Some(br#"{"customer_name":"Zed"}"#),
+    )
+    .await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert_eq!(
+        request("DELETE", format!("/api/orders/{ann}"), None)
+            .await
+            .status,
+        204
+    );
+    // Without a token, reads stay open.
+    let open = http(server.addr, "GET", "/api/orders", &[], None).await;
+    assert_eq!(open.json().as_array().unwrap().len(), 32);
+}
+
+#[tokio::test]
+async fn a_filter_claim_that_is_malformed_or_names_unknown_things_is_a_401_everywhere() {
+    let db = TestDb::new();
+    let server = TestServer::start(Config {
+        jwt_secret: Some(SECRET.into()),
+        auth_streams: true,
+        ..db.config()
+    })
+    .await;
+    let cases = [
+        (
+            serde_json::json!({"filter": ["orders"]}),
+            "invalid `filter` claim",
+        ),
+        (
+            serde_json::json!({"filter": {"orders": "status=eq.x"}}),
+            "array of filters",
+        ),
+        (
+            serde_json::json!({"filter": {"orders": ["status=like.x"]}}),
+            "unknown operator",
+        ),
+        (
+            serde_json::json!({"filter": {"orders": ["nope=eq.x"]}}),
+            "no column `nope`",
+        ),
+        (
+            serde_json::json!({"filter": {"nope": ["id=eq.1"]}}),
+            "`nope` is not a tracked table",
+        ),
+    ];
+    for (claims, reason) in cases {
+        let bad = token(claims.clone());
+        for (method, path) in [
+            ("GET", format!("/api/orders?access_token={bad}")),
+            ("GET", format!("/api/orders/1?access_token={bad}")),
+            ("DELETE", format!("/api/orders/1?access_token={bad}")),
+            ("GET", format!("/ws?access_token={bad}")),
+            ("GET", format!("/events?access_token={bad}")),
+        ] {
+            let response = http(server.addr, method, &path, &[], None).await;
+            assert_eq!(response.status, 401, "{claims} {method} {path}");
+            let error = &response.json()["error"];
+            assert_eq!(error["code"], "unauthorized");
+            let message = error["message"].as_str().unwrap();
+            assert!(message.contains(reason), "{claims}: {message}");
+        }
     }
 }

@@ -17,6 +17,7 @@ use tokio_postgres::types::Type;
 
 use super::body::{empty, json, Body};
 use super::error::ApiError;
+use crate::filter::Filter;
 use crate::gateway::Gateway;
 use crate::pg::DbError;
 use crate::query;
@@ -52,7 +53,13 @@ fn parse_int(text: &str) -> Option<i32> {
 
 /// `GET /api/orders[?limit=N&after_id=M]`: rows ordered by id, and `X-Event-Id`, the
 /// change-log position of the same REPEATABLE READ snapshot.
-pub async fn list(gateway: &Gateway, query_string: &str) -> Result<Response<Body>, ApiError> {
+/// With a token's `scope` (its filters on `orders`), only the rows inside it, `limit`
+/// of them when given.
+pub async fn list(
+    gateway: &Gateway,
+    query_string: &str,
+    scope: &[Filter],
+) -> Result<Response<Body>, ApiError> {
     let mut limit: Option<i64> = None;
     let mut after_id: i32 = 0;
     let pairs = query::parse_pairs(query_string)
@@ -86,14 +93,17 @@ pub async fn list(gateway: &Gateway, query_string: &str) -> Result<Response<Body
         .pool
         .within(deadline, async {
             let tx = client.snapshot().await?;
-            let rows: String = tx
-                .query_typed_one(
+            let rows: String = if scope.is_empty() {
+                tx.query_typed_one(
                     "SELECT coalesce(json_agg(to_jsonb(o) ORDER BY o.id), '[]')::text
                      FROM (SELECT * FROM public.orders WHERE id > $1 ORDER BY id LIMIT $2) o",
                     &[(&after_id, Type::INT4), (&limit, Type::INT8)],
                 )
                 .await?
-                .try_get(0)?;
+                .try_get(0)?
+            } else {
+                scoped_rows(&tx, after_id, limit, scope).await?
+            };
             let position = crate::pg::changes::head(&tx).await?;
             tx.commit().await?;
             Ok::<_, DbError>((rows, position))
@@ -106,8 +116,61 @@ pub async fn list(gateway: &Gateway, query_string: &str) -> Result<Response<Body
     Ok(response)
 }
 
-/// `GET /api/orders/{id}`.
-pub async fn get(gateway: &Gateway, id: i32) -> Result<Response<Body>, ApiError> {
+/// The rows after `after_id` inside a token's scope, at most `limit`, as a JSON array:
+/// read by keyset in pages and judged by the stream filters' own matcher, so REST and
+/// streams agree on every row.
+async fn scoped_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    mut after_id: i32,
+    limit: Option<i64>,
+    scope: &[Filter],
+) -> Result<String, DbError> {
+    const PAGE: i64 = 1000;
+    let limit = limit.map_or(usize::MAX, |n| n as usize);
+    let mut rows: Vec<Value> = Vec::new();
+    loop {
+        let page = tx
+            .query_typed(
+                "SELECT id, to_jsonb(o)::text FROM public.orders o
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+                &[(&after_id, Type::INT4), (&PAGE, Type::INT8)],
+            )
+            .await?;
+        for row in &page {
+            after_id = row.try_get(0)?;
+            let json: Value = serde_json::from_str(row.try_get(1)?).unwrap_or(Value::Null);
+            if in_scope(scope, &json) {
+                rows.push(json);
+                if rows.len() == limit {
+                    return Ok(Value::Array(rows).to_string());
+                }
+            }
+        }
+        if (page.len() as i64) < PAGE {
+            return Ok(Value::Array(rows).to_string());
+        }
+    }
+}
+
+/// Whether a row (JSON text as PostgreSQL rendered it) passes a token's filters.
+fn in_scope(scope: &[Filter], row: &Value) -> bool {
+    scope.iter().all(|filter| filter.matches(row.as_object()))
+}
+
+/// Whether the JSON text of a row passes a token's filters.
+fn text_in_scope(scope: &[Filter], row: &str) -> bool {
+    scope.is_empty() || serde_json::from_str(row).is_ok_and(|row| in_scope(scope, &row))
+}
+
+fn outside_scope(id: Option<i32>) -> ApiError {
+    ApiError::Forbidden(match id {
+        Some(id) => format!("order {id} is outside this token's filter, before or after the write"),
+        None => "the new order would be outside this token's filter".into(),
+    })
+}
+
+/// `GET /api/orders/{id}`: a row outside the token's scope is a 404.
+pub async fn get(gateway: &Gateway, id: i32, scope: &[Filter]) -> Result<Response<Body>, ApiError> {
     let client = gateway.pool.get().await?;
     let row = gateway
         .pool
@@ -120,15 +183,24 @@ pub async fn get(gateway: &Gateway, id: i32) -> Result<Response<Body>, ApiError>
         )
         .await?;
     match row {
-        Some(row) => Ok(json(StatusCode::OK, row.try_get::<_, String>(0)?)),
+        Some(row) => {
+            let row: String = row.try_get(0)?;
+            if text_in_scope(scope, &row) {
+                Ok(json(StatusCode::OK, row))
+            } else {
+                Err(not_found(id))
+            }
+        }
         None => Err(not_found(id)),
     }
 }
 
-/// `POST /api/orders`: 201 with the row and `Location`.
+/// `POST /api/orders`: 201 with the row and `Location`; 403 (nothing written) when the
+/// row would be outside the token's scope.
 pub async fn create(
     gateway: &Gateway,
     request: Request<Incoming>,
+    scope: &[Filter],
 ) -> Result<Response<Body>, ApiError> {
     let fields = OrderFields::parse(read_json(request, gateway).await?)?;
     let customer = fields.customer_name.ok_or_else(|| {
@@ -142,25 +214,34 @@ pub async fn create(
         ApiError::invalid("product_name", "missing_field", "product_name is required")
     })?;
     let status = fields.status.unwrap_or("pending");
-    let client = gateway.pool.get().await?;
-    let row = gateway
+    let mut client = gateway.pool.get().await?;
+    let deadline = client.deadline();
+    let (id, row) = gateway
         .pool
-        .within(
-            client.deadline(),
-            client.query_typed_one(
-                "INSERT INTO public.orders (customer_name, product_name, status)
-                 VALUES ($1, $2, $3)
-                 RETURNING id, to_jsonb(orders)::text",
-                &[
-                    (&customer, Type::VARCHAR),
-                    (&product, Type::VARCHAR),
-                    (&status, Type::VARCHAR),
-                ],
-            ),
-        )
-        .await?;
-    let id: i32 = row.try_get(0)?;
-    let mut response = json(StatusCode::CREATED, row.try_get::<_, String>(1)?);
+        .within(deadline, async {
+            let tx = client.transaction().await?;
+            let row = tx
+                .query_typed_one(
+                    "INSERT INTO public.orders (customer_name, product_name, status)
+                     VALUES ($1, $2, $3)
+                     RETURNING id, to_jsonb(orders)::text",
+                    &[
+                        (&customer, Type::VARCHAR),
+                        (&product, Type::VARCHAR),
+                        (&status, Type::VARCHAR),
+                    ],
+                )
+                .await?;
+            let (id, row): (i32, String) = (row.try_get(0)?, row.try_get(1)?);
+            if !text_in_scope(scope, &row) {
+                // Dropping the transaction rolls the insert back.
+                return Ok(Err(outside_scope(None)));
+            }
+            tx.commit().await?;
+            Ok::<_, DbError>(Ok((id, row)))
+        })
+        .await??;
+    let mut response = json(StatusCode::CREATED, row);
     response.headers_mut().insert(
         LOCATION,
         HeaderValue::from_str(&format!("/api/orders/{id}")).map_err(|_| ApiError::Internal)?,
@@ -169,10 +250,12 @@ pub async fn create(
 }
 
 /// `PUT` or `PATCH /api/orders/{id}`: a partial update; `updated_at` is always set.
+/// 403 (nothing written) when the row is outside the token's scope before or after.
 pub async fn update(
     gateway: &Gateway,
     id: i32,
     request: Request<Incoming>,
+    scope: &[Filter],
 ) -> Result<Response<Body>, ApiError> {
     let fields = OrderFields::parse(read_json(request, gateway).await?)?;
     if fields.is_empty() {
@@ -182,50 +265,98 @@ pub async fn update(
             field: None,
         });
     }
-    let client = gateway.pool.get().await?;
+    let mut client = gateway.pool.get().await?;
+    let deadline = client.deadline();
     let row = gateway
         .pool
-        .within(
-            client.deadline(),
-            client.query_typed_opt(
-                "UPDATE public.orders SET
-                     customer_name = coalesce($2, customer_name),
-                     product_name  = coalesce($3, product_name),
-                     status        = coalesce($4, status),
-                     updated_at    = clock_timestamp()
-                 WHERE id = $1
-                 RETURNING to_jsonb(orders)::text",
-                &[
-                    (&id, Type::INT4),
-                    (&fields.customer_name, Type::VARCHAR),
-                    (&fields.product_name, Type::VARCHAR),
-                    (&fields.status, Type::VARCHAR),
-                ],
-            ),
-        )
-        .await?;
-    match row {
-        Some(row) => Ok(json(StatusCode::OK, row.try_get::<_, String>(0)?)),
-        None => Err(not_found(id)),
-    }
+        .within(deadline, async {
+            let tx = client.transaction().await?;
+            if let Err(err) = lock_in_scope(&tx, id, scope).await? {
+                return Ok(Err(err));
+            }
+            let row = tx
+                .query_typed_opt(
+                    "UPDATE public.orders SET
+                         customer_name = coalesce($2, customer_name),
+                         product_name  = coalesce($3, product_name),
+                         status        = coalesce($4, status),
+                         updated_at    = clock_timestamp()
+                     WHERE id = $1
+                     RETURNING to_jsonb(orders)::text",
+                    &[
+                        (&id, Type::INT4),
+                        (&fields.customer_name, Type::VARCHAR),
+                        (&fields.product_name, Type::VARCHAR),
+                        (&fields.status, Type::VARCHAR),
+                    ],
+                )
+                .await?;
+            let Some(row) = row else {
+                return Ok(Err(not_found(id)));
+            };
+            let row: String = row.try_get(0)?;
+            if !text_in_scope(scope, &row) {
+                // Dropping the transaction rolls the update back.
+                return Ok(Err(outside_scope(Some(id))));
+            }
+            tx.commit().await?;
+            Ok::<_, DbError>(Ok(row))
+        })
+        .await??;
+    Ok(json(StatusCode::OK, row))
 }
 
-/// `DELETE /api/orders/{id}`: 204.
-pub async fn delete(gateway: &Gateway, id: i32) -> Result<Response<Body>, ApiError> {
-    let client = gateway.pool.get().await?;
-    let deleted = gateway
-        .pool
-        .within(
-            client.deadline(),
-            client.execute_typed(
-                "DELETE FROM public.orders WHERE id = $1",
-                &[(&id, Type::INT4)],
-            ),
+/// With a scope, locks the row and checks it is inside: a 404 if missing, a 403 if
+/// outside. Without one, nothing to check (the write itself finds a missing row).
+async fn lock_in_scope(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: i32,
+    scope: &[Filter],
+) -> Result<Result<(), ApiError>, DbError> {
+    if scope.is_empty() {
+        return Ok(Ok(()));
+    }
+    let row = tx
+        .query_typed_opt(
+            "SELECT to_jsonb(o)::text FROM public.orders o WHERE id = $1 FOR UPDATE",
+            &[(&id, Type::INT4)],
         )
         .await?;
-    if deleted == 0 {
-        return Err(not_found(id));
-    }
+    Ok(match row {
+        None => Err(not_found(id)),
+        Some(row) if !text_in_scope(scope, row.try_get(0)?) => Err(outside_scope(Some(id))),
+        Some(_) => Ok(()),
+    })
+}
+
+/// `DELETE /api/orders/{id}`: 204; 403 (nothing deleted) outside the token's scope.
+pub async fn delete(
+    gateway: &Gateway,
+    id: i32,
+    scope: &[Filter],
+) -> Result<Response<Body>, ApiError> {
+    let mut client = gateway.pool.get().await?;
+    let deadline = client.deadline();
+    gateway
+        .pool
+        .within(deadline, async {
+            let tx = client.transaction().await?;
+            if let Err(err) = lock_in_scope(&tx, id, scope).await? {
+                return Ok(Err(err));
+            }
+            let deleted = tx
+                .execute_typed(
+                    "DELETE FROM public.orders WHERE id = $1",
+                    &[(&id, Type::INT4)],
+                )
+                .await?;
+            if deleted == 0 {
+                return Ok(Err(not_found(id)));
+            }
+            tx.commit().await?;
+            Ok::<_, DbError>(Ok(()))
+        })
+        .await??;
     let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
     Ok(response)

@@ -24,11 +24,12 @@ use super::conn::Connection;
 use super::error::ApiError;
 use super::sniff::{self, FirstRequest};
 use super::{api, ops, sse, ui, ws};
-use crate::auth::{self, Grant};
-use crate::filter::{parse_position, StreamParams};
+use crate::auth::{self, AuthError, Grant};
+use crate::filter::{parse_position, Filter, StreamParams};
 use crate::gateway::Gateway;
 use crate::metrics::Limit;
 use crate::pg::catalog::Pace;
+use crate::scope::RowScope;
 
 /// The resources, each with the methods it allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,12 +235,12 @@ async fn dispatch(
     match route {
         Route::Orders => match method {
             Method::GET => {
-                orders_allowed(&grant(false)?)?;
-                api::list(gateway, &query).await
+                let grant = grant(false)?;
+                api::list(gateway, &query, orders_scope(&grant, gateway)?).await
             }
             Method::POST => {
-                orders_allowed(&grant(true)?)?;
-                api::create(gateway, request).await
+                let grant = grant(true)?;
+                api::create(gateway, request, orders_scope(&grant, gateway)?).await
             }
             _ => Err(not_allowed()),
         },
@@ -250,12 +251,13 @@ async fn dispatch(
             ) {
                 return Err(not_allowed());
             }
-            orders_allowed(&grant(method != Method::GET)?)?;
+            let grant = grant(method != Method::GET)?;
+            let scope = orders_scope(&grant, gateway)?;
             let id = api::parse_id(id)?;
             match method {
-                Method::GET => api::get(gateway, id).await,
-                Method::DELETE => api::delete(gateway, id).await,
-                _ => api::update(gateway, id, request).await,
+                Method::GET => api::get(gateway, id, scope).await,
+                Method::DELETE => api::delete(gateway, id, scope).await,
+                _ => api::update(gateway, id, request, scope).await,
             }
         }
         Route::WebSocket if method == Method::GET => {
@@ -356,27 +358,51 @@ fn events_params(
     Ok(params)
 }
 
-/// Checks the credential: always for writes, for reads only with `--auth-streams`.
+/// Checks the credential: always for writes; for reads with `--auth-streams`, or
+/// when one is presented (its holder's `filter` claim applies even where reads are
+/// open, and a bad one is refused rather than ignored).
 fn authorize(gateway: &Gateway, credential: Option<&str>, write: bool) -> Result<Grant, ApiError> {
-    if !write && !gateway.config.auth_streams {
+    if !write && !gateway.config.auth_streams && credential.is_none() {
         return Ok(Grant::all());
     }
     Ok(gateway.auth.verify(credential)?)
 }
 
-fn orders_allowed(grant: &Grant) -> Result<(), ApiError> {
-    if grant.allows("orders") {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
+/// The grant's filters on `orders` (empty: every row), once the grant is checked to
+/// allow the table and its scope to name only what the catalog holds.
+fn orders_scope<'g>(grant: &'g Grant, gateway: &Gateway) -> Result<&'g [Filter], ApiError> {
+    if !grant.allows("orders") {
+        return Err(ApiError::Forbidden(
             "this token does not allow the orders table".into(),
-        ))
+        ));
+    }
+    match &grant.scope {
+        Some(scope) => {
+            checked_scope(scope, gateway)?;
+            Ok(scope.filters("orders"))
+        }
+        None => Ok(&[]),
     }
 }
 
-/// Applies a grant's `tables` to a stream: asking for a table it does not allow is a
-/// 403; asking for none means every table it allows.
+/// A scope naming a table or column the gateway does not know refuses the
+/// credential.
+fn checked_scope(scope: &RowScope, gateway: &Gateway) -> Result<(), ApiError> {
+    scope
+        .check(&gateway.source.catalog())
+        .map_err(|err| ApiError::Unauthorized(AuthError::BadScope(err)))
+}
+
+/// Applies a grant to a stream: its `filter` claim is ANDed with the client's filters;
+/// asking for a table its `tables` do not allow is a 403, asking for none means every
+/// table they allow.
 fn restrict(params: &mut StreamParams, grant: &Grant, gateway: &Gateway) -> Result<(), ApiError> {
+    if let Some(scope) = &grant.scope {
+        checked_scope(scope, gateway)?;
+        for (table, filters) in scope.tables() {
+            params.selection.and_table_filters(table, filters);
+        }
+    }
     let Some(allowed) = &grant.tables else {
         return Ok(());
     };

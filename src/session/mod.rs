@@ -250,7 +250,7 @@ impl Session {
                     let rows: Vec<&serde_json::Map<String, serde_json::Value>> = page
                         .rows
                         .iter()
-                        .filter(|row| self.selection.matches_row(Some(row)))
+                        .filter(|row| self.selection.matches_row(&page.table, Some(row)))
                         .collect();
                     if rows.is_empty() {
                         continue;
@@ -453,7 +453,10 @@ mod tests {
         let row = |id: i64| json!({"id": id}).as_object().unwrap().clone();
         let rows = Rows {
             position: 7,
-            tables: vec![(Arc::from("orders"), (1..=5).map(row).collect())],
+            tables: vec![SnapshotPage {
+                table: Arc::from("orders"),
+                rows: (1..=5).map(row).collect(),
+            }],
             page: 2,
         };
         let history = History::default();

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::Reading;
 
 /// One page of a table's rows, in key order.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SnapshotPage {
     /// The table, as events name it.
     pub table: Arc<str>,
