@@ -31,5 +31,8 @@ async fn the_js_client_keeps_a_view_exact_under_node_on_both_transports() {
         output.status.success(),
         "the JS client's tests failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
-    assert!(stdout.contains("# pass 3") && stdout.contains("# fail 0"), "{stdout}");
+    assert!(
+        stdout.contains("# pass 3") && stdout.contains("# fail 0"),
+        "{stdout}"
+    );
 }

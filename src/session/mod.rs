@@ -48,11 +48,25 @@ pub enum Item {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// `snapshot=true` without a position: sending the matching rows first.
-    Snapshot { rows: u64 },
+    Snapshot,
     /// Sending the events after `since`; `ready` not yet sent.
     Backlog { replayed: u64 },
     /// `ready` sent; following the ring.
     Live,
+    /// A snapshot read failed after pages were sent: the stream cannot go on exactly,
+    /// so it ends ([`End::Broken`]) and the client starts over.
+    Broken,
+}
+
+/// A snapshot in progress.
+#[derive(Debug)]
+struct Snapshotting {
+    /// Where the rows are read.
+    source: Arc<dyn Snapshots>,
+    /// The open read, once begun.
+    read: Option<Box<dyn SnapshotRead>>,
+    /// Rows sent so far, for `ready`'s `snapshot`.
+    rows: u64,
 }
 
 /// One client's stream.
@@ -72,13 +86,9 @@ pub struct Session {
     phase: Phase,
     /// Set when a catch-up read failed, so the next wait is bounded.
     retry_pending: bool,
-    /// Where a `snapshot=true` session reads the rows that match now.
-    snapshots: Arc<dyn Snapshots>,
-    /// The snapshot being read (boxed: most sessions never have one).
-    snapshot: Option<Box<dyn SnapshotRead>>,
-    /// Set when a snapshot read failed after pages were sent: the stream cannot go
-    /// on exactly, so it ends ([`End::Broken`]) and the client starts over.
-    broken: bool,
+    /// The snapshot being sent, in [`Phase::Snapshot`] (boxed: most sessions never
+    /// have one, and an idle one costs a pointer).
+    snapshot: Option<Box<Snapshotting>>,
 }
 
 /// A batch as the ring fills it: each event it hands over becomes a change.
@@ -103,11 +113,19 @@ impl Session {
         let registration = hub.register(&params.selection);
         // With a position, `snapshot=true` is ignored. While a snapshot is sent the
         // position is 0: heartbeats then give the client nothing to resume from.
-        let (cursor, phase) = match params.since {
-            None if params.snapshot => (0, Phase::Snapshot { rows: 0 }),
+        let (cursor, phase, snapshot) = match params.since {
+            None if params.snapshot => {
+                let snapshot = Snapshotting {
+                    source: snapshots,
+                    read: None,
+                    rows: 0,
+                };
+                (0, Phase::Snapshot, Some(Box::new(snapshot)))
+            }
             since => (
                 since.unwrap_or_else(|| log.head()),
                 Phase::Backlog { replayed: 0 },
+                None,
             ),
         };
         Session {
@@ -118,9 +136,7 @@ impl Session {
             cursor,
             phase,
             retry_pending: false,
-            snapshots,
-            snapshot: None,
-            broken: false,
+            snapshot,
         }
     }
 
@@ -131,17 +147,20 @@ impl Session {
 
     /// Whether the stream cannot go on (a snapshot read failed midway).
     pub fn is_broken(&self) -> bool {
-        self.broken
+        self.phase == Phase::Broken
     }
 
     /// Appends the next messages to `out` (nothing if there is nothing to send now).
     /// At most [`MAX_BATCH`] changes, or one snapshot page.
     pub async fn next_batch(&mut self, out: &mut Vec<Item>) {
-        if self.broken {
-            return;
-        }
-        if let Phase::Snapshot { .. } = self.phase {
-            return self.next_snapshot_page(out).await;
+        match self.phase {
+            Phase::Broken => return,
+            Phase::Snapshot => {
+                // Boxed, like the catch-up read: rare, and it would size every
+                // session's future.
+                return Box::pin(self.next_snapshot_page(out)).await;
+            }
+            Phase::Backlog { .. } | Phase::Live => {}
         }
         let before = out.len();
         let read = {
@@ -231,10 +250,13 @@ impl Session {
     /// Appends the next page of matching rows, or, once every table was read,
     /// `ready` at the snapshot's position; the stream then follows from there.
     async fn next_snapshot_page(&mut self, out: &mut Vec<Item>) {
-        let read = match &mut self.snapshot {
+        let Some(snapshot) = &mut self.snapshot else {
+            return;
+        };
+        let read = match &mut snapshot.read {
             Some(read) => read,
-            None => match self.snapshots.begin(self.selection.tables.clone()).await {
-                Ok(read) => self.snapshot.insert(read),
+            None => match snapshot.source.begin(self.selection.tables.clone()).await {
+                Ok(read) => snapshot.read.insert(read),
                 Err(err) => {
                     // Nothing was sent yet: try again after the retry delay.
                     tracing::warn!(%err, "starting a snapshot failed; retrying");
@@ -255,9 +277,7 @@ impl Session {
                     if rows.is_empty() {
                         continue;
                     }
-                    if let Phase::Snapshot { rows: sent } = &mut self.phase {
-                        *sent += rows.len() as u64;
-                    }
+                    snapshot.rows += rows.len() as u64;
                     out.push(Item::Control(Control::Snapshot {
                         table: page.table,
                         // Serialising maps of Values cannot fail.
@@ -267,10 +287,7 @@ impl Session {
                 }
                 Ok(None) => {
                     let head = read.position();
-                    let rows = match self.phase {
-                        Phase::Snapshot { rows } => rows,
-                        _ => 0,
-                    };
+                    let rows = snapshot.rows;
                     self.snapshot = None;
                     self.cursor = head;
                     self.phase = Phase::Live;
@@ -284,7 +301,7 @@ impl Session {
                 Err(err) => {
                     tracing::warn!(%err, "a snapshot read failed midway; ending the stream");
                     self.snapshot = None;
-                    self.broken = true;
+                    self.phase = Phase::Broken;
                     return;
                 }
             }
