@@ -415,6 +415,54 @@ async fn a_snapshot_sends_the_matching_rows_in_key_order_then_ready_then_later_c
 }
 
 #[tokio::test]
+async fn writes_made_while_a_snapshot_is_sent_follow_it_once_on_both_transports() {
+    let db = TestDb::new();
+    bulk_orders(&db, 9000).await;
+    let server = TestServer::start(db.config()).await;
+    let query = format!("snapshot=true&{}", query_of(&["status=eq.pending"]));
+    let client = db.client().await;
+    for transport in BOTH {
+        let mut stream = Client::open(transport, server.addr, &query).await;
+        let mut copy = ViewCopy::default();
+        let first = stream.next().await;
+        copy.apply(&first);
+        // The snapshot is fixed; these commit while its later pages are still unsent,
+        // moving rows of pages sent and unsent in and out.
+        client
+            .batch_execute(
+                "UPDATE orders SET status = 'shipped' WHERE id % 97 = 1 AND status = 'pending';
+                 UPDATE orders SET status = 'pending' WHERE id % 89 = 2 AND status <> 'pending';",
+            )
+            .await
+            .unwrap();
+        client
+            .batch_execute(
+                "DELETE FROM orders WHERE id % 83 = 3;
+                 INSERT INTO orders (customer_name, product_name, status)
+                 SELECT 'During', 'w' || i, 'pending' FROM generate_series(1, 50) i;",
+            )
+            .await
+            .unwrap();
+        let marker = insert_order(&client, "Marker", "m").await;
+        let mut pages = 1;
+        while !copy.rows.contains_key(&(marker as i64)) {
+            let message = stream.next().await;
+            pages += usize::from(message["type"] == "snapshot");
+            copy.apply(&message);
+        }
+        assert!(
+            pages > 2,
+            "{transport:?}: the writes came after the first page only"
+        );
+        assert_eq!(
+            copy.rows,
+            rows_where(&db, "status = 'pending'").await,
+            "{transport:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_snapshot_covers_every_selected_table_and_orders_a_table_without_a_key() {
     let db = TestDb::new();
     bulk_orders(&db, 3).await;
