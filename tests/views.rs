@@ -1013,3 +1013,67 @@ async fn a_filter_claim_that_is_malformed_or_names_unknown_things_is_a_401_every
         }
     }
 }
+
+#[tokio::test]
+async fn a_snapshot_cut_off_midway_by_the_database_ends_the_stream_and_a_new_one_starts_over() {
+    let db = TestDb::new();
+    bulk_orders(&db, 9000).await;
+    let server = TestServer::start(db.config()).await;
+    let addr = server.addr;
+    let admin = db.client().await;
+    let cut_snapshot_connections = || async {
+        // The snapshot's connection waits "idle in transaction" between its FETCHes.
+        let cut: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = current_database() AND query LIKE 'FETCH%rowcast_snapshot'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(cut, 1, "one snapshot in progress");
+    };
+    // A small receive buffer holds the gateway on its first pages, so the cut comes
+    // before the snapshot ends.
+    let stream = support::clients::small_buffer_stream(addr).await;
+    let mut ws = WsClient::connect_on(stream, addr, "snapshot=true").await;
+    assert_eq!(ws.next_json().await["type"], "snapshot");
+    cut_snapshot_connections().await;
+    let close = loop {
+        match ws.next_message().await {
+            tokio_tungstenite::tungstenite::Message::Close(frame) => break frame,
+            tokio_tungstenite::tungstenite::Message::Text(text) => {
+                let message: Value = serde_json::from_str(text.as_str()).unwrap();
+                assert_eq!(
+                    message["type"], "snapshot",
+                    "no ready after a cut: {message}"
+                );
+            }
+            _ => {}
+        }
+    };
+    let close = close.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1011);
+    let stream = support::clients::small_buffer_stream(addr).await;
+    let mut sse = SseClient::connect_on(stream, addr, "snapshot=true", &[]).await;
+    assert_eq!(sse.next_event().await.json()["type"], "snapshot");
+    cut_snapshot_connections().await;
+    while let Some(block) = sse.next_block().await {
+        if let Some(kind) = &block.event {
+            assert_eq!(kind, "snapshot", "no ready after a cut: {block:?}");
+        }
+    }
+    assert!(sse.ended_cleanly(), "the stream ends with its last chunk");
+    // Starting over gets the whole table.
+    for transport in BOTH {
+        let mut client = Client::open(transport, addr, "snapshot=true").await;
+        let mut copy = ViewCopy::default();
+        let (pages, ready) = client.until_ready().await;
+        pages.iter().for_each(|page| {
+            copy.apply(page);
+        });
+        copy.apply(&ready);
+        assert_eq!(copy.rows.len(), 9000, "{transport:?}");
+    }
+}
