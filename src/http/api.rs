@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
+use tokio_postgres::GenericClient;
 
 use super::body::{empty, json, Body};
 use super::error::ApiError;
@@ -219,20 +220,13 @@ pub async fn create(
     let (id, row) = gateway
         .pool
         .within(deadline, async {
+            if scope.is_empty() {
+                return Ok(Ok(
+                    insert_order(&*client, &customer, &product, status).await?
+                ));
+            }
             let tx = client.transaction().await?;
-            let row = tx
-                .query_typed_one(
-                    "INSERT INTO public.orders (customer_name, product_name, status)
-                     VALUES ($1, $2, $3)
-                     RETURNING id, to_jsonb(orders)::text",
-                    &[
-                        (&customer, Type::VARCHAR),
-                        (&product, Type::VARCHAR),
-                        (&status, Type::VARCHAR),
-                    ],
-                )
-                .await?;
-            let (id, row): (i32, String) = (row.try_get(0)?, row.try_get(1)?);
+            let (id, row) = insert_order(&tx, &customer, &product, status).await?;
             if !text_in_scope(scope, &row) {
                 // Dropping the transaction rolls the insert back.
                 return Ok(Err(outside_scope(None)));
@@ -270,31 +264,18 @@ pub async fn update(
     let row = gateway
         .pool
         .within(deadline, async {
+            if scope.is_empty() {
+                return Ok(update_order(&*client, id, &fields)
+                    .await?
+                    .ok_or(not_found(id)));
+            }
             let tx = client.transaction().await?;
             if let Err(err) = lock_in_scope(&tx, id, scope).await? {
                 return Ok(Err(err));
             }
-            let row = tx
-                .query_typed_opt(
-                    "UPDATE public.orders SET
-                         customer_name = coalesce($2, customer_name),
-                         product_name  = coalesce($3, product_name),
-                         status        = coalesce($4, status),
-                         updated_at    = clock_timestamp()
-                     WHERE id = $1
-                     RETURNING to_jsonb(orders)::text",
-                    &[
-                        (&id, Type::INT4),
-                        (&fields.customer_name, Type::VARCHAR),
-                        (&fields.product_name, Type::VARCHAR),
-                        (&fields.status, Type::VARCHAR),
-                    ],
-                )
-                .await?;
-            let Some(row) = row else {
+            let Some(row) = update_order(&tx, id, &fields).await? else {
                 return Ok(Err(not_found(id)));
             };
-            let row: String = row.try_get(0)?;
             if !text_in_scope(scope, &row) {
                 // Dropping the transaction rolls the update back.
                 return Ok(Err(outside_scope(Some(id))));
@@ -304,6 +285,65 @@ pub async fn update(
         })
         .await??;
     Ok(json(StatusCode::OK, row))
+}
+
+/// Inserts an order; its id and row.
+async fn insert_order(
+    db: &impl GenericClient,
+    customer: &str,
+    product: &str,
+    status: &str,
+) -> Result<(i32, String), DbError> {
+    let row = db
+        .query_typed_one(
+            "INSERT INTO public.orders (customer_name, product_name, status)
+             VALUES ($1, $2, $3)
+             RETURNING id, to_jsonb(orders)::text",
+            &[
+                (&customer, Type::VARCHAR),
+                (&product, Type::VARCHAR),
+                (&status, Type::VARCHAR),
+            ],
+        )
+        .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// Updates an order's given fields and `updated_at`; its row, `None` if missing.
+async fn update_order(
+    db: &impl GenericClient,
+    id: i32,
+    fields: &OrderFields,
+) -> Result<Option<String>, DbError> {
+    let row = db
+        .query_typed_opt(
+            "UPDATE public.orders SET
+                 customer_name = coalesce($2, customer_name),
+                 product_name  = coalesce($3, product_name),
+                 status        = coalesce($4, status),
+                 updated_at    = clock_timestamp()
+             WHERE id = $1
+             RETURNING to_jsonb(orders)::text",
+            &[
+                (&id, Type::INT4),
+                (&fields.customer_name, Type::VARCHAR),
+                (&fields.product_name, Type::VARCHAR),
+                (&fields.status, Type::VARCHAR),
+            ],
+        )
+        .await?;
+    Ok(row.map(|row| row.try_get(0)).transpose()?)
+}
+
+/// Deletes an order; whether it existed.
+async fn delete_order(db: &impl GenericClient, id: i32) -> Result<bool, DbError> {
+    let deleted = db
+        .execute_typed(
+            "DELETE FROM public.orders WHERE id = $1",
+            &[(&id, Type::INT4)],
+        )
+        .await?;
+    Ok(deleted > 0)
 }
 
 /// With a scope, locks the row and checks it is inside: a 404 if missing, a 403 if
@@ -340,17 +380,15 @@ pub async fn delete(
     gateway
         .pool
         .within(deadline, async {
+            if scope.is_empty() {
+                let deleted = delete_order(&*client, id).await?;
+                return Ok(if deleted { Ok(()) } else { Err(not_found(id)) });
+            }
             let tx = client.transaction().await?;
             if let Err(err) = lock_in_scope(&tx, id, scope).await? {
                 return Ok(Err(err));
             }
-            let deleted = tx
-                .execute_typed(
-                    "DELETE FROM public.orders WHERE id = $1",
-                    &[(&id, Type::INT4)],
-                )
-                .await?;
-            if deleted == 0 {
+            if !delete_order(&tx, id).await? {
                 return Ok(Err(not_found(id)));
             }
             tx.commit().await?;
