@@ -333,7 +333,7 @@ impl Selection {
 
     /// Whether rows of `table` are filtered at all (by the client or its token): only
     /// then is a change judged on its images.
-    fn filters_table(&self, table: &str) -> bool {
+    pub fn filters_table(&self, table: &str) -> bool {
         !self.filters.is_empty() || self.table_filters.iter().any(|(t, _)| **t == *table)
     }
 

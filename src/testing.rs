@@ -74,7 +74,7 @@ impl CatchUp for History {
 pub struct Rows {
     /// The snapshot's position.
     pub position: u64,
-    /// Each table and all its rows, in key order.
+    /// Each table and all its rows (JSON text), in key order.
     pub tables: Vec<SnapshotPage>,
     /// Rows per page (at least 1).
     pub page: usize,

@@ -11,7 +11,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use serde_json::Value;
 use tokio::time::Instant;
 use tokio_postgres::types::Type;
 use tokio_postgres::SimpleQueryMessage;
@@ -190,18 +189,15 @@ impl PgSnapshot {
                 .client
                 .simple_query(&format!("FETCH {PAGE_ROWS} FROM {CURSOR}"))
                 .await?;
-            let mut rows = Vec::with_capacity(messages.len());
-            let mut fetched = 0;
-            for message in &messages {
-                if let SimpleQueryMessage::Row(row) = message {
-                    fetched += 1;
-                    match row.get(0).map(serde_json::from_str::<Value>) {
-                        Some(Ok(Value::Object(map))) => rows.push(map),
-                        other => tracing::error!(?other, %table, "skipping a snapshot row"),
-                    }
-                }
-            }
-            if fetched < PAGE_ROWS {
+            let rows: Vec<String> = messages
+                .iter()
+                .filter_map(|message| match message {
+                    // jsonb's text, never NULL: `to_jsonb` of a row.
+                    SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("{}").to_owned()),
+                    _ => None,
+                })
+                .collect();
+            if rows.len() < PAGE_ROWS {
                 self.client
                     .batch_execute(&format!("CLOSE {CURSOR}"))
                     .await?;

@@ -6,8 +6,6 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
 use super::Reading;
 
 /// One page of a table's rows, in key order.
@@ -15,8 +13,10 @@ use super::Reading;
 pub struct SnapshotPage {
     /// The table, as events name it.
     pub table: Arc<str>,
-    /// The rows, each the JSON of a change's `row`.
-    pub rows: Vec<Map<String, Value>>,
+    /// The rows, each as JSON text (`to_jsonb`, the same as a change's `row`): kept
+    /// as text, so a page is only parsed when a filter must judge it, and sent digit
+    /// for digit.
+    pub rows: Vec<String>,
 }
 
 /// Starts snapshots.
