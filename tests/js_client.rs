@@ -1,5 +1,6 @@
-//! The JS client package (clients/js) under Node against a real gateway: its
-//! node:test suite gets the gateway's URL and fails this test when any case fails.
+//! The JS client package (clients/js) against a real gateway, under Node and in
+//! headless Chromium (Debian's): its node:test suite gets the gateway's URL and fails
+//! this test when any case fails.
 
 mod support;
 
@@ -8,9 +9,10 @@ use std::process::Command;
 use support::*;
 
 #[tokio::test]
-async fn the_js_client_keeps_a_view_exact_under_node_on_both_transports() {
+async fn the_js_client_keeps_a_view_exact_under_node_and_in_chromium_on_both_transports() {
     assert!(
-        std::path::Path::new("clients/js/node_modules/ws").exists(),
+        std::path::Path::new("clients/js/node_modules/ws").exists()
+            && std::path::Path::new("clients/js/node_modules/playwright-core").exists(),
         "the client's test packages are missing: run `npm ci` in clients/js"
     );
     let db = TestDb::new();
@@ -32,7 +34,7 @@ async fn the_js_client_keeps_a_view_exact_under_node_on_both_transports() {
         "the JS client's tests failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
     assert!(
-        stdout.contains("# pass 3") && stdout.contains("# fail 0"),
+        stdout.contains("# pass 5") && stdout.contains("# fail 0"),
         "{stdout}"
     );
 }
