@@ -18,6 +18,7 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser};
 
+use crate::pg::capture::{CaptureMode, DEFAULT_SLOT};
 use crate::pg::connect::LIBPQ_VARS;
 use crate::pg::source::SourceMode;
 use crate::pg::{DbError, DbTarget};
@@ -210,6 +211,17 @@ pub struct Config {
     /// Require the credential for streams and REST reads too, not only for writes.
     #[arg(long)]
     pub auth_streams: bool,
+    /// How changes reach change_log: trigger, or wal (logical decoding; switches the
+    /// database at start-up and captures on one replica at a time).
+    #[arg(long, value_name = "trigger|wal", default_value = "trigger", value_parser = capture_mode)]
+    pub capture: CaptureMode,
+    /// The replication connection for --capture wal, straight to PostgreSQL, not
+    /// through a pooler [default: the database URL].
+    #[arg(long, value_name = "URL", value_parser = capture_url)]
+    pub capture_url: Option<Box<DbTarget>>,
+    /// The logical slot (slots are per cluster: one per captured database).
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_SLOT, value_parser = slot_name)]
+    pub capture_slot: String,
 }
 
 impl Default for Config {
@@ -512,6 +524,28 @@ fn address(text: &str) -> Result<SocketAddr, &'static str> {
 
 fn source_mode(text: &str) -> Result<SourceMode, &'static str> {
     SourceMode::parse(text).ok_or("expected notify, poll or auto")
+}
+
+fn capture_mode(text: &str) -> Result<CaptureMode, &'static str> {
+    CaptureMode::parse(text).ok_or("expected trigger or wal")
+}
+
+fn capture_url(text: &str) -> Result<Box<DbTarget>, String> {
+    DbTarget::from_url(text)
+        .map(Box::new)
+        .map_err(|err| err.to_string())
+}
+
+fn slot_name(text: &str) -> Result<String, &'static str> {
+    let valid = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("lower-case letters, digits and _ only")
+    }
 }
 
 fn count<T: TryFrom<u64>>(text: &str) -> Result<T, &'static str> {

@@ -13,6 +13,7 @@ use crate::filter::{Catalog, StreamParams};
 use crate::hub::Hub;
 use crate::log::EventLog;
 use crate::metrics::Metrics;
+use crate::pg::capture::{self, CaptureMode, CaptureStatus};
 use crate::pg::catalog::Pace;
 use crate::pg::changes::{self, ChangeLog};
 use crate::pg::connect::Waiting;
@@ -46,6 +47,8 @@ pub struct Gateway {
     pub source: Arc<SourceStatus>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// WAL capture's refusal and metrics (idle in trigger mode).
+    pub capture: Arc<CaptureStatus>,
     /// Who may write (and, with `--auth-streams`, read).
     pub auth: Auth,
     /// Cancelled on SIGINT/SIGTERM: every long-lived task watches it.
@@ -92,6 +95,20 @@ impl Gateway {
             status: Arc::clone(&source),
             metrics: Arc::clone(&metrics),
         };
+        let capture = Arc::new(CaptureStatus::default());
+        if config.capture == CaptureMode::Wal {
+            let capturer = capture::wal::Capturer {
+                capture: config
+                    .capture_url
+                    .as_deref()
+                    .cloned()
+                    .unwrap_or_else(|| reader.target.clone()),
+                target: reader.target.clone(),
+                slot: config.capture_slot.clone(),
+                status: Arc::clone(&capture),
+            };
+            tasks.spawn(capturer.switch_and_run(shutdown.clone()));
+        }
         tasks.spawn(reader.run(shutdown.clone()));
         tasks.spawn(retention::run(
             Arc::clone(&pool),
@@ -130,6 +147,7 @@ impl Gateway {
             snapshots,
             source,
             metrics,
+            capture,
             shutdown,
             tasks,
             embedded,

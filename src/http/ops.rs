@@ -15,6 +15,9 @@ pub fn healthz() -> Response<Body> {
 
 /// `GET /readyz`: 200 while the source is live, else 503.
 pub fn readyz(gateway: &Gateway) -> Result<Response<Body>, ApiError> {
+    if let Some(refusal) = gateway.capture.refusal() {
+        return Err(ApiError::Unavailable(refusal.to_string()));
+    }
     if !gateway.source.is_live() {
         return Err(ApiError::Unavailable(
             "the source is not connected to PostgreSQL".into(),
@@ -35,9 +38,10 @@ pub fn readyz(gateway: &Gateway) -> Result<Response<Body>, ApiError> {
 
 /// `GET /metrics`: Prometheus text format.
 pub fn metrics(gateway: &Gateway) -> Response<Body> {
-    let text = gateway
+    let mut text = gateway
         .metrics
         .render(gateway.log.len(), gateway.source.is_live());
+    gateway.capture.render(&mut text);
     let mut response = Response::new(full(text));
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -429,6 +429,17 @@ impl DbTarget {
         self.tls
     }
 
+    /// The driver's settings (hosts, ports, user, password), for the WAL capturer's
+    /// replication client, which speaks the protocol itself.
+    pub fn driver_config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// The CA file given as `sslrootcert` (or `PGSSLROOTCERT`), if any.
+    pub fn root_cert(&self) -> Option<&std::path::Path> {
+        self.root_cert.as_deref()
+    }
+
     /// The same server and credentials, another database.
     pub fn with_dbname(&self, dbname: &str) -> DbTarget {
         let mut other = self.clone();

@@ -145,7 +145,8 @@ impl Embedded {
             source,
         })?;
         server.settings = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections={}",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections={} \
+             -c wal_level=logical -c max_replication_slots=32 -c max_wal_senders=32",
             server.port, options.max_connections
         );
         if !options.fsync {

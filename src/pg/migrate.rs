@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "change_log",
         sql: include_str!("../../sql/0002_change_log.sql"),
     },
+    Migration {
+        version: 3,
+        name: "capture_wal",
+        sql: include_str!("../../sql/0003_capture_wal.sql"),
+    },
 ];
 
 /// 0x726f776d = 'rowm': held while migrating.

@@ -3,6 +3,7 @@
 //! (and the sessions' catch-up reader), the catalog of tracked tables, the snapshots of
 //! live views, the source task and retention.
 
+pub mod capture;
 pub mod catalog;
 pub mod changes;
 pub mod connect;

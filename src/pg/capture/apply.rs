@@ -1,0 +1,178 @@
+//! Writing decoded changes into `change_log`, rendered by PostgreSQL itself.
+//!
+//! pgoutput sends values as each type's text output. Casting that text back to the
+//! column's type and calling `to_jsonb` on the row, server-side, gives exactly what the
+//! capture trigger's `to_jsonb(NEW)` gives: numbers digit for digit, json and jsonb
+//! embedded, arrays, booleans, timestamps. The row is built from the columns of the
+//! Relation message the change was decoded with (types as `format_type` names them),
+//! not from the table's current definition, so a change recorded before an `ALTER
+//! TABLE` keeps the shape it had, as the trigger would have recorded it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Statement};
+
+use super::decode::{RelationDesc, Value};
+use super::CaptureError;
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for commit times.
+const PG_EPOCH_SECS: u64 = 946_684_800;
+
+/// One table shape, with its prepared insert statement.
+#[derive(Debug)]
+pub struct Shape {
+    /// The relation OID the stream refers to.
+    pub oid: u32,
+    /// The `table` value of its events.
+    pub table: String,
+    /// Its column count: row images are passed flattened, `width` values each.
+    width: usize,
+    /// `INSERT INTO change_log … SELECT … to_jsonb(row)`, prepared once per shape.
+    statement: Statement,
+}
+
+impl Shape {
+    /// Looks up the column types' names and prepares the insert statement.
+    pub async fn prepare(client: &Client, desc: &RelationDesc) -> Result<Shape, CaptureError> {
+        let oids: Vec<u32> = desc.columns.iter().map(|c| c.1).collect();
+        let modifiers: Vec<i32> = desc.columns.iter().map(|c| c.2).collect();
+        let types: Vec<String> = client
+            .query_typed(
+                "SELECT format_type(t, m) FROM unnest($1::oid[], $2::int4[])
+                     WITH ORDINALITY AS c(t, m, i) ORDER BY i",
+                &[(&oids, Type::OID_ARRAY), (&modifiers, Type::INT4_ARRAY)],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let width = desc.columns.len();
+        let image = |param: &str| {
+            desc.columns
+                .iter()
+                .zip(&types)
+                .enumerate()
+                .map(|(k, ((name, _, _), ty))| {
+                    format!(
+                        "{param}[(c.i - 1) * {width} + {}]::{ty} AS \"{}\"",
+                        k + 1,
+                        name.replace('"', "\"\"")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // WITH ORDINALITY scans the arrays in order and nothing sorts afterwards, so
+        // nextval hands out ids in the order of the changes: commit order.
+        let sql = format!(
+            "INSERT INTO realtime.change_log (id, \"table\", op, row, old, committed_at)
+             SELECT nextval('realtime.change_log_id_seq'), $1, c.op,
+                    CASE WHEN c.op <> 'TRUNCATE' THEN (SELECT to_jsonb(r) FROM (SELECT {new}) r) END,
+                    CASE WHEN c.op = 'UPDATE' THEN (SELECT to_jsonb(r) FROM (SELECT {old}) r) END,
+                    c.at
+             FROM unnest($2::text[], $3::timestamptz[]) WITH ORDINALITY AS c(op, at, i)",
+            new = image("$4"),
+            old = image("$5"),
+        );
+        let statement = client
+            .prepare_typed(
+                &sql,
+                &[
+                    Type::TEXT,
+                    Type::TEXT_ARRAY,
+                    Type::TIMESTAMPTZ_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::TEXT_ARRAY,
+                ],
+            )
+            .await?;
+        Ok(Shape {
+            oid: desc.oid,
+            table: desc.table.clone(),
+            width,
+            statement,
+        })
+    }
+}
+
+/// One change ready to insert.
+#[derive(Debug)]
+pub struct Change {
+    /// The shape it was decoded with.
+    pub shape: Arc<Shape>,
+    /// `INSERT`, `UPDATE`, `DELETE` or `TRUNCATE`.
+    pub op: &'static str,
+    /// The `row` image (the old row for DELETE; empty for TRUNCATE).
+    pub row: Vec<Value>,
+    /// The `old` image (UPDATE only).
+    pub old: Option<Vec<Value>>,
+    /// The transaction's commit time.
+    pub committed_at: SystemTime,
+}
+
+/// A commit time from pgoutput (microseconds since 2000-01-01) as a `SystemTime`.
+pub fn commit_time(micros: i64) -> SystemTime {
+    let base = UNIX_EPOCH + Duration::from_secs(PG_EPOCH_SECS);
+    if micros >= 0 {
+        base + Duration::from_micros(micros.unsigned_abs())
+    } else {
+        base - Duration::from_micros(micros.unsigned_abs())
+    }
+}
+
+/// Inserts `changes` in order (one statement per run of one shape); returns how many.
+pub async fn insert(client: &Client, changes: &[Change]) -> Result<usize, CaptureError> {
+    let mut start = 0;
+    while start < changes.len() {
+        let shape = &changes[start].shape;
+        let end = changes[start..]
+            .iter()
+            .position(|c| !Arc::ptr_eq(&c.shape, shape))
+            .map_or(changes.len(), |n| start + n);
+        let run = &changes[start..end];
+        let ops: Vec<&str> = run.iter().map(|c| c.op).collect();
+        let times: Vec<SystemTime> = run.iter().map(|c| c.committed_at).collect();
+        let mut rows: Vec<Option<&str>> = Vec::with_capacity(run.len() * shape.width);
+        let mut olds: Vec<Option<&str>> = Vec::with_capacity(run.len() * shape.width);
+        for change in run {
+            push_image(&mut rows, Some(&change.row), shape.width)?;
+            push_image(&mut olds, change.old.as_deref(), shape.width)?;
+        }
+        client
+            .execute(
+                &shape.statement,
+                &[&shape.table, &ops, &times, &rows, &olds],
+            )
+            .await?;
+        start = end;
+    }
+    Ok(changes.len())
+}
+
+/// Appends one row image, `width` values (NULLs when there is none).
+fn push_image<'a>(
+    out: &mut Vec<Option<&'a str>>,
+    image: Option<&'a [Value]>,
+    width: usize,
+) -> Result<(), CaptureError> {
+    let image = image.unwrap_or(&[]);
+    if !image.is_empty() && image.len() != width {
+        return Err(CaptureError::Decode(format!(
+            "a row of {} values for a relation of {width} columns",
+            image.len()
+        )));
+    }
+    for k in 0..width {
+        let text = match image.get(k) {
+            Some(Some(bytes)) => Some(
+                std::str::from_utf8(bytes)
+                    .map_err(|_| CaptureError::Decode("a value is not UTF-8".into()))?,
+            ),
+            _ => None,
+        };
+        out.push(text);
+    }
+    Ok(())
+}

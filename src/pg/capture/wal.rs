@@ -1,0 +1,520 @@
+//! The WAL capturer: one replica at a time streams slot `rowcast` into `change_log`.
+//!
+//! Every replica started with `--capture wal` runs [`Capturer::run`]. Each round it
+//! checks the server (wal_level, slot, publication; a refusal is logged once and shown
+//! by `/readyz`) and tries a session advisory lock on a connection of its own. The
+//! holder is the capturer; the others retry every second, so when the holder dies (its
+//! sessions end, PostgreSQL releases the lock and the slot) another takes over within
+//! a couple of seconds.
+//!
+//! The capturer streams the slot from its confirmed position. Decoded transactions are
+//! applied in batches: one database transaction inserts their changes in commit order
+//! (ids from the same sequence, `committed_at` = the commit time), records the last
+//! commit LSN in `realtime.capture_state`, and rings the doorbell once. Only after it
+//! commits is the LSN confirmed to the slot, so a crash in between makes the server
+//! resend transactions that are already applied: every transaction whose commit LSN is
+//! at or below the recorded one is skipped. Exactly once, across crashes and takeovers.
+//!
+//! A large transaction is not held in memory: its changes are inserted in chunks of
+//! [`CHUNK`] inside the still-open database transaction, which commits with its last
+//! chunk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use pgwire_replication::{
+    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
+};
+use tokio_postgres::config::Host;
+use tokio_postgres::types::{PgLsn, Type};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::apply::{self, Change, Shape};
+use super::decode::{Decoded, Decoder, RowChange};
+use super::{switch, CaptureError, CaptureMode, CaptureStatus, Refusal, PUBLICATION};
+use crate::pg::connect::TlsMode;
+use crate::pg::DbTarget;
+
+/// 0x726f7763 = 'rowc': held (session-scoped) by the one capturer.
+pub const CAPTURER_LOCK: i64 = 1_920_890_723;
+/// The commit-order lock of the capture trigger (`realtime.capture`): the capturer
+/// takes it too, so ids stay visible in order while a mode switch runs.
+const COMMIT_ORDER_LOCK: i64 = 32_199_620_637_860_724;
+/// How often a standby replica tries for the lock (takeover well within 5 s).
+const RETRY: Duration = Duration::from_secs(1);
+/// Changes per insert statement; a larger transaction is inserted chunk by chunk.
+pub const CHUNK: usize = 1000;
+/// Committed transactions applied together at most, when they arrive back to back.
+const MAX_BATCH_COMMITS: usize = 1000;
+/// Deadline of each database step (checks, lock, a chunk, a batch's commit).
+const DB_DEADLINE: Duration = Duration::from_secs(30);
+/// How often the position is confirmed to the server (also on an idle stream).
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// Decoded messages buffered between the socket and the capturer: bounded memory.
+const STREAM_BUFFER: usize = 1024;
+
+/// The WAL capturer of one replica.
+#[derive(Debug)]
+pub struct Capturer {
+    /// The database (lock, checks, inserts); may pass through a pooler in session mode.
+    pub target: DbTarget,
+    /// Where the replication connection goes (`--capture-url`): straight to PostgreSQL.
+    pub capture: DbTarget,
+    /// The logical slot streamed.
+    pub slot: String,
+    /// What `/readyz` and `/metrics` show.
+    pub status: Arc<CaptureStatus>,
+}
+
+impl Capturer {
+    /// Switches the database to WAL mode if it is not (retrying while refused), then
+    /// [`run`](Self::run)s.
+    pub async fn switch_and_run(self, shutdown: CancellationToken) {
+        loop {
+            let attempt = async {
+                let client = self.target.connect_spawned().await?;
+                switch::to_wal(&client, &self.slot).await
+            };
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = attempt => result,
+            };
+            match result {
+                Ok(_) => break,
+                Err(CaptureError::Refused(refusal)) => {
+                    if self.status.refuse(refusal.clone()) {
+                        tracing::error!("WAL capture refused: {refusal}");
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "switching to WAL capture failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+        }
+        self.run(shutdown).await;
+    }
+
+    /// Competes for the capturer lock and captures while holding it, until shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = self.session() => result,
+            };
+            self.status.set_capturer(false);
+            match result {
+                Ok(()) => {}
+                Err(CaptureError::Refused(refusal)) => {
+                    if self.status.refuse(refusal.clone()) {
+                        tracing::error!("WAL capture refused: {refusal}");
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "WAL capture stopped; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+        }
+    }
+
+    /// One connection's worth: wait for the lock, then stream until something fails.
+    async fn session(&self) -> Result<(), CaptureError> {
+        let target = self.target.with_application_name("rowcast capturer");
+        let (client, connection) = target.connect().await?;
+        let driver = tokio::spawn(connection);
+        let result = self.hold_and_stream(&client).await;
+        driver.abort();
+        result
+    }
+
+    async fn hold_and_stream(&self, client: &Client) -> Result<(), CaptureError> {
+        loop {
+            let ready = deadline("capture checks", self.check(client)).await??;
+            self.status.clear();
+            if ready {
+                let locked: bool = deadline(
+                    "the capturer lock",
+                    client.query_typed_one(
+                        "SELECT pg_try_advisory_lock($1)",
+                        &[(&CAPTURER_LOCK, Type::INT8)],
+                    ),
+                )
+                .await??
+                .get(0);
+                if locked {
+                    break;
+                }
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+        self.status.set_capturer(true);
+        tracing::info!(slot = %self.slot, "this replica is the WAL capturer");
+        // Re-checked under the lock: a switch may have run since.
+        if !deadline("capture checks", self.check(client)).await?? {
+            return Ok(());
+        }
+        let applied = applied_lsn(client).await?;
+        self.status.set_lsn(applied);
+        let stream = ReplicationClient::connect(self.replication_config()?)
+            .await
+            .map_err(|err| refusal_of(err, &self.slot))?;
+        Stream {
+            client,
+            stream,
+            status: &self.status,
+            applied,
+            decoder: Decoder::default(),
+            shapes: HashMap::new(),
+            pending: Vec::new(),
+            open: false,
+            commits: 0,
+            batch_end: None,
+        }
+        .run()
+        .await
+    }
+
+    /// Whether WAL capture should run (the database is in WAL mode), or the refusal
+    /// that stops it.
+    async fn check(&self, client: &Client) -> Result<bool, CaptureError> {
+        switch::check_wal_level(client).await?;
+        if switch::mode(client).await? != CaptureMode::Wal {
+            return Ok(false);
+        }
+        let slot = client
+            .query_typed_opt(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                &[(&self.slot, Type::TEXT)],
+            )
+            .await?;
+        match slot {
+            None => return Err(Refusal::SlotMissing(self.slot.clone()).into()),
+            Some(row) if row.get::<_, Option<String>>(0).as_deref() == Some("lost") => {
+                return Err(Refusal::SlotInvalidated(self.slot.clone()).into())
+            }
+            Some(_) => {}
+        }
+        let unpublished: Option<String> = client
+            .query_typed_opt(
+                "SELECT t.relid::text FROM realtime.tracked t
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_publication_rel r
+                                   JOIN pg_publication p ON p.oid = r.prpubid
+                                   WHERE p.pubname = $1 AND r.prrelid = t.relid)
+                 ORDER BY 1 LIMIT 1",
+                &[(&PUBLICATION, Type::TEXT)],
+            )
+            .await?
+            .map(|row| row.get(0));
+        if let Some(table) = unpublished {
+            return Err(Refusal::NotPublished(table).into());
+        }
+        Ok(true)
+    }
+
+    /// The replication client's settings from the capture URL.
+    fn replication_config(&self) -> Result<ReplicationConfig, CaptureError> {
+        let config = self.capture.driver_config();
+        let host = match config.get_hosts().first() {
+            Some(Host::Tcp(host)) => host.clone(),
+            Some(Host::Unix(path)) => path.display().to_string(),
+            None => "localhost".to_owned(),
+        };
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        let mut tls = TlsConfig::disabled();
+        tls.mode = match self.capture.tls_mode() {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            TlsMode::Require => SslMode::Require,
+            TlsMode::VerifyCa => SslMode::VerifyCa,
+            TlsMode::VerifyFull => SslMode::VerifyFull,
+        };
+        tls.ca_pem_path = self.capture.root_cert().map(ToOwned::to_owned);
+        Ok(ReplicationConfig::new(
+            host,
+            config.get_user().unwrap_or("postgres"),
+            password,
+            config.get_dbname().unwrap_or_default(),
+            self.slot.clone(),
+            PUBLICATION,
+        )
+        .with_port(config.get_ports().first().copied().unwrap_or(5432))
+        .with_tls(tls)
+        .with_start_lsn(Lsn::ZERO)
+        .with_status_interval(STATUS_INTERVAL)
+        .with_buffer_size(STREAM_BUFFER)
+        .with_application_name("rowcast capturer")
+        // Text output that any session parses back unambiguously.
+        .with_options("-c DateStyle=ISO -c IntervalStyle=postgres"))
+    }
+}
+
+/// The streaming state of a capturer holding the lock.
+struct Stream<'a> {
+    /// The lock-holding connection, which also applies batches: if it dies, the lock
+    /// and the open batch go together.
+    client: &'a Client,
+    /// The replication stream.
+    stream: ReplicationClient,
+    /// Metrics.
+    status: &'a CaptureStatus,
+    /// Commit LSN of the last transaction in `change_log`: at or below it, skip.
+    applied: u64,
+    /// The pgoutput parser.
+    decoder: Decoder,
+    /// Table shapes by relation OID, as the latest Relation message described them.
+    shapes: HashMap<u32, Arc<Shape>>,
+    /// Decoded changes not yet inserted (at most a chunk).
+    pending: Vec<Change>,
+    /// Whether a database transaction is open (a batch is partly inserted).
+    open: bool,
+    /// Transactions decoded into the open batch.
+    commits: usize,
+    /// The commit and end LSNs of the batch's last transaction.
+    batch_end: Option<(u64, u64)>,
+}
+
+/// The transaction being received.
+struct Txn {
+    /// Already applied: decode its Relation messages, drop its changes.
+    skip: bool,
+    /// Its commit time.
+    committed_at: std::time::SystemTime,
+}
+
+impl Stream<'_> {
+    async fn run(mut self) -> Result<(), CaptureError> {
+        let mut txn: Option<Txn> = None;
+        let mut held: Option<ReplicationEvent> = None;
+        let mut confirmed = self.applied;
+        loop {
+            let event = match held.take() {
+                Some(event) => event,
+                None => match self.stream.recv().await? {
+                    Some(event) => event,
+                    None => return Ok(()),
+                },
+            };
+            match event {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    commit_time_micros,
+                    ..
+                } => {
+                    txn = Some(Txn {
+                        skip: final_lsn.0 <= self.applied,
+                        committed_at: apply::commit_time(commit_time_micros),
+                    });
+                }
+                ReplicationEvent::XLogData { data, .. } => match self.decoder.decode(data)? {
+                    Decoded::Relation(desc) => {
+                        let shape =
+                            deadline("a table shape", Shape::prepare(self.client, &desc)).await??;
+                        self.shapes.insert(desc.oid, Arc::new(shape));
+                    }
+                    Decoded::Change(change) => {
+                        let Some(current) = txn.as_ref() else {
+                            return Err(CaptureError::Decode(
+                                "a change outside a transaction".into(),
+                            ));
+                        };
+                        if !current.skip {
+                            self.push(change, current.committed_at)?;
+                            if self.pending.len() >= CHUNK {
+                                self.flush_chunk().await?;
+                            }
+                        }
+                    }
+                    Decoded::Ignored => {}
+                },
+                ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                    let skipped = txn.take().is_none_or(|t| t.skip);
+                    if skipped {
+                        if !self.open && self.pending.is_empty() && self.batch_end.is_none() {
+                            self.stream.update_applied_lsn(end_lsn);
+                        }
+                        continue;
+                    }
+                    self.commits += 1;
+                    self.batch_end = Some((lsn.0, end_lsn.0));
+                    // Batch the transactions that already arrived; apply as soon as
+                    // the next one is not at hand.
+                    if self.commits < MAX_BATCH_COMMITS {
+                        if let Some(next) = self.stream.recv().now_or_never() {
+                            let next = next?;
+                            let more = matches!(next, Some(ReplicationEvent::Begin { .. }));
+                            held = next;
+                            if more {
+                                continue;
+                            }
+                        }
+                    }
+                    confirmed = self.finish_batch().await?;
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    self.status
+                        .set_lag_bytes(wal_end.0.saturating_sub(confirmed));
+                    if txn.is_none()
+                        && !self.open
+                        && self.pending.is_empty()
+                        && self.batch_end.is_none()
+                    {
+                        // Everything sent so far is applied or skipped.
+                        self.stream.update_applied_lsn(wal_end);
+                        confirmed = confirmed.max(wal_end.0);
+                    }
+                    if self.client.is_closed() {
+                        return Err(CaptureError::Decode(
+                            "the capturer's database connection closed".into(),
+                        ));
+                    }
+                }
+                ReplicationEvent::Message { .. } => {}
+                ReplicationEvent::StoppedAt { .. } => return Ok(()),
+            }
+        }
+    }
+
+    /// Turns a decoded change into rows to insert (TRUNCATE: one per table).
+    fn push(
+        &mut self,
+        change: RowChange,
+        committed_at: std::time::SystemTime,
+    ) -> Result<(), CaptureError> {
+        let shape = |shapes: &HashMap<u32, Arc<Shape>>, oid: u32| {
+            shapes.get(&oid).cloned().ok_or_else(|| {
+                CaptureError::Decode(format!("a change to relation {oid} before its description"))
+            })
+        };
+        match change {
+            RowChange::Insert { oid, new } => self.pending.push(Change {
+                shape: shape(&self.shapes, oid)?,
+                op: "INSERT",
+                row: new,
+                old: None,
+                committed_at,
+            }),
+            RowChange::Update { oid, new, old } => self.pending.push(Change {
+                shape: shape(&self.shapes, oid)?,
+                op: "UPDATE",
+                row: new,
+                old: Some(old),
+                committed_at,
+            }),
+            RowChange::Delete { oid, old } => self.pending.push(Change {
+                shape: shape(&self.shapes, oid)?,
+                op: "DELETE",
+                row: old,
+                old: None,
+                committed_at,
+            }),
+            RowChange::Truncate { oids } => {
+                for oid in oids {
+                    self.pending.push(Change {
+                        shape: shape(&self.shapes, oid)?,
+                        op: "TRUNCATE",
+                        row: Vec::new(),
+                        old: None,
+                        committed_at,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts the pending changes into the open batch (opening it if needed).
+    async fn flush_chunk(&mut self) -> Result<(), CaptureError> {
+        if !self.open {
+            deadline(
+                "opening a batch",
+                self.client.batch_execute(&format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock({COMMIT_ORDER_LOCK})"
+                )),
+            )
+            .await??;
+            self.open = true;
+        }
+        deadline(
+            "inserting changes",
+            apply::insert(self.client, &self.pending),
+        )
+        .await??;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Commits the batch with its last commit LSN and the doorbell, then confirms the
+    /// LSN to the slot; returns the confirmed end LSN.
+    async fn finish_batch(&mut self) -> Result<u64, CaptureError> {
+        let Some((commit_lsn, end_lsn)) = self.batch_end.take() else {
+            return Ok(self.applied);
+        };
+        self.flush_chunk().await?;
+        let lsn = PgLsn::from(commit_lsn);
+        deadline(
+            "recording the applied LSN",
+            self.client.execute_typed(
+                "UPDATE realtime.capture_state SET applied_lsn = $1",
+                &[(&lsn, Type::PG_LSN)],
+            ),
+        )
+        .await??;
+        deadline(
+            "committing a batch",
+            self.client
+                .batch_execute("SELECT pg_notify('rowcast', ''); COMMIT"),
+        )
+        .await??;
+        self.open = false;
+        self.commits = 0;
+        self.applied = commit_lsn;
+        self.status.set_lsn(commit_lsn);
+        self.stream.update_applied_lsn(Lsn(end_lsn));
+        Ok(end_lsn)
+    }
+}
+
+/// Commit LSN of the last transaction applied (or captured by triggers before WAL mode).
+async fn applied_lsn(client: &Client) -> Result<u64, CaptureError> {
+    let lsn: PgLsn = deadline(
+        "reading capture_state",
+        client.query_typed_one("SELECT applied_lsn FROM realtime.capture_state", &[]),
+    )
+    .await??
+    .get(0);
+    Ok(u64::from(lsn))
+}
+
+/// Runs `step` with the capturer's database deadline.
+async fn deadline<T>(
+    what: &'static str,
+    step: impl std::future::Future<Output = T>,
+) -> Result<T, CaptureError> {
+    tokio::time::timeout(DB_DEADLINE, step)
+        .await
+        .map_err(|_| CaptureError::Timeout(what))
+}
+
+/// Sorts the replication connection's failures into refusals an operator must fix and
+/// errors worth retrying.
+fn refusal_of(err: PgWireError, slot: &str) -> CaptureError {
+    let text = err.to_string();
+    if text.contains("replication role") || text.contains("REPLICATION attribute") {
+        Refusal::NoReplicationPrivilege(text).into()
+    } else if text.contains("does not exist") && text.contains(slot) {
+        Refusal::SlotMissing(slot.to_owned()).into()
+    } else if text.contains("invalidated") || text.contains("can no longer get changes") {
+        Refusal::SlotInvalidated(slot.to_owned()).into()
+    } else {
+        err.into()
+    }
+}
