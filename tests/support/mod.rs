@@ -7,6 +7,7 @@ pub mod clients;
 pub mod contract;
 pub mod process;
 pub mod proxy;
+pub mod wal;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
