@@ -12,9 +12,11 @@ use rowcast::hub::Hub;
 use rowcast::log::EventLog;
 use rowcast::metrics::Metrics;
 use rowcast::pg::source::{Source, SourceMode, SourceStatus};
+use rowcast::pg::capture::CaptureMode;
 use rowcast::pg::{changes, migrate, DbTarget};
 use serde_json::Value;
 use support::*;
+use support::wal;
 use tokio_util::sync::CancellationToken;
 
 /// A source reading into its own log, as the gateway runs it.
@@ -255,12 +257,31 @@ async fn table_rows(db: &TestDb) -> BTreeMap<i64, Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_are_seen_exactly_once_in_commit_order() {
+    writers_are_seen_exactly_once_in_commit_order(CaptureMode::Trigger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_are_seen_exactly_once_in_commit_order_under_wal_capture() {
+    writers_are_seen_exactly_once_in_commit_order(CaptureMode::Wal).await;
+}
+
+/// 8 writers × random transactions (some rolled back, random pauses before COMMIT):
+/// every committed change exactly once, in an order that replays to the table.
+async fn writers_are_seen_exactly_once_in_commit_order(mode: CaptureMode) {
     let db = TestDb::new();
+    let replica = (mode == CaptureMode::Wal).then(|| wal::Replica::start(&db));
+    if replica.is_some() {
+        wal::wal_mode(&db).await;
+    }
     let reader = Reader::start(&db.target, SourceMode::Notify, 0);
     tokio::time::timeout(WAIT, reader.status.wait_live())
         .await
         .unwrap();
     let ledger = run_writers(&db, 8, 300).await;
+    if let Some(replica) = replica {
+        wal::applied(&db).await;
+        replica.stop().await;
+    }
     reader.caught_up(&db).await;
     let events = reader.events();
     reader.stop().await;
