@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::wal::{applied, wal_mode, Replica};
 use support::*;
 
@@ -118,4 +120,101 @@ async fn columns_added_and_dropped_mid_stream_give_later_rows_the_new_shape() {
         ],
     )
     .await;
+}
+
+/// Whether the gateway process reports itself as the capturer.
+async fn is_capturer(gateway: &GatewayProcess) -> bool {
+    http(gateway.addr, "GET", "/metrics", &[], None)
+        .await
+        .body
+        .lines()
+        .any(|line| line == "rowcast_capturer 1")
+}
+
+/// Inserts `count` orders one transaction each (about one in eight rolled back), with
+/// pauses before COMMIT; returns the markers of the committed ones.
+async fn writer(db: TestDb, writer: usize, count: usize) -> Vec<String> {
+    let mut rng = fastrand::Rng::with_seed(writer as u64);
+    let mut client = db.client().await;
+    let mut committed = Vec::new();
+    for t in 0..count {
+        let marker = format!("w{writer}-t{t}");
+        let tx = client.transaction().await.unwrap();
+        tx.execute(
+            "INSERT INTO orders (customer_name, product_name) VALUES ('k', $1)",
+            &[&marker],
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_micros(rng.u64(0..3000))).await;
+        if rng.u8(0..8) == 0 {
+            tx.rollback().await.unwrap();
+        } else {
+            tx.commit().await.unwrap();
+            committed.push(marker);
+        }
+    }
+    committed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_replica_takes_over_within_5s_of_the_capturer_being_killed() {
+    let db = TestDb::new();
+    let args = ["--capture", "wal", "--capture-slot", db.name.as_str()];
+    let mut first = GatewayProcess::start(&db.url, &args).await;
+    wal_mode(&db).await;
+    let second = GatewayProcess::start(&db.url, &args).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !is_capturer(&first).await {
+        assert!(tokio::time::Instant::now() < deadline, "no capturer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!is_capturer(&second).await, "two capturers at once");
+
+    let writers: Vec<_> = (0..8)
+        .map(|w| tokio::spawn(writer(db.clone(), w, 150)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.signal("KILL");
+    let killed = tokio::time::Instant::now();
+    first.wait_exit(WAIT).await;
+    while !is_capturer(&second).await {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "no takeover within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let takeover = killed.elapsed();
+    let mut committed = Vec::new();
+    for task in writers {
+        committed.extend(task.await.unwrap());
+    }
+    applied(&db).await;
+
+    let client = db.client().await;
+    let captured: Vec<String> = client
+        .query(
+            "SELECT row->>'product_name' FROM realtime.change_log WHERE op = 'INSERT' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut sorted = captured.clone();
+    sorted.sort();
+    committed.sort();
+    assert_eq!(sorted, committed, "every committed insert exactly once");
+    // Each writer's commits are captured in the order it made them.
+    for w in 0..8 {
+        let prefix = format!("w{w}-t");
+        let order: Vec<usize> = captured
+            .iter()
+            .filter_map(|m| m.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        assert!(order.windows(2).all(|p| p[0] < p[1]), "writer {w} out of order");
+    }
+    eprintln!("takeover after SIGKILL: {takeover:?}");
 }
