@@ -121,3 +121,55 @@ BEGIN
     RETURN point;
 END
 $$;
+
+-- The WAL → trigger switch, first half: holds back the writers of every tracked table
+-- (they finish first, new ones wait) and returns the WAL insert position. Every commit
+-- on a tracked table below it must be applied by the capturer before
+-- realtime.switch_to_trigger() runs in the same transaction.
+CREATE OR REPLACE FUNCTION realtime.hold_writers() RETURNS pg_lsn
+LANGUAGE plpgsql AS $$
+DECLARE
+    t regclass;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1920890739);
+    FOR t IN SELECT relid FROM realtime.tracked ORDER BY relid::oid LOOP
+        EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', t);
+    END LOOP;
+    RETURN pg_current_wal_insert_lsn();
+END
+$$;
+
+-- The WAL → trigger switch, second half: triggers back on, the tables out of the
+-- publication (so the commits after this one, captured by triggers, are not decoded).
+CREATE OR REPLACE FUNCTION realtime.switch_to_trigger() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t regclass;
+BEGIN
+    FOR t IN SELECT relid FROM realtime.tracked ORDER BY relid::oid LOOP
+        PERFORM realtime.add_capture_triggers(t);
+        IF EXISTS (SELECT 1 FROM pg_publication_rel r
+                   JOIN pg_publication p ON p.oid = r.prpubid
+                   WHERE p.pubname = 'rowcast' AND r.prrelid = t) THEN
+            EXECUTE format('ALTER PUBLICATION rowcast DROP TABLE %s', t);
+            EXECUTE format('ALTER TABLE %s REPLICA IDENTITY DEFAULT', t);
+        END IF;
+    END LOOP;
+    UPDATE realtime.capture_state SET mode = 'trigger';
+END
+$$;
+
+-- Capture resumes on a new slot after the old one was lost (dropped or invalidated):
+-- the WAL between them was never decoded, so every position up to the current head,
+-- the head included, gets `reset`: retention's horizon is raised to a fresh id, above
+-- every id drawn so far and below every id drawn after. The new slot's consistent
+-- point becomes the applied position.
+CREATE OR REPLACE FUNCTION realtime.recapture(consistent_point pg_lsn) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE realtime.retention
+    SET pruned_upto = greatest(pruned_upto, nextval('realtime.change_log_id_seq'));
+    UPDATE realtime.capture_state
+    SET applied_lsn = consistent_point, recaptured_at = now();
+END
+$$;

@@ -107,6 +107,8 @@ pub enum Command {
     Migrate(Config),
     /// Migrate if needed and insert sample orders into an empty `orders`.
     Seed(Config),
+    /// Switch the database's capture mode (`rowcast capture wal|trigger`) and exit.
+    Capture(Config, CaptureMode),
     /// Print this text (the help or the version) and exit successfully.
     Print(String),
 }
@@ -288,6 +290,20 @@ enum Job {
     Migrate(Run),
     /// Migrate if needed, insert sample orders into an empty table, and exit.
     Seed(Run),
+    /// Switch the database's capture mode with writers running, losing and
+    /// duplicating nothing (wal also recaptures after a lost slot), and exit.
+    Capture(CaptureRun),
+}
+
+/// `rowcast capture wal|trigger`: the mode, then the usual flags.
+#[derive(Args)]
+struct CaptureRun {
+    /// The mode to switch to.
+    #[arg(value_name = "trigger|wal", value_parser = capture_mode)]
+    mode: CaptureMode,
+    /// The usual flags.
+    #[command(flatten)]
+    run: Run,
 }
 
 /// The flags every subcommand takes.
@@ -366,6 +382,7 @@ where
         Some(Job::Serve(run)) => Command::Serve(run.resolve(env)?),
         Some(Job::Migrate(run)) => Command::Migrate(run.resolve(env)?),
         Some(Job::Seed(run)) => Command::Seed(run.resolve(env)?),
+        Some(Job::Capture(job)) => Command::Capture(job.run.resolve(env)?, job.mode),
     })
 }
 
@@ -460,7 +477,7 @@ fn usage_error(err: &clap::Error, from_env: &[EnvFlag]) -> ConfigError {
             format!("unknown flag `{}` (see `rowcast --help`)", flag())
         }
         ErrorKind::InvalidSubcommand => format!(
-            "unknown command `{}` (expected serve, migrate or seed)",
+            "unknown command `{}` (expected serve, migrate, seed or capture)",
             context(ContextKind::InvalidSubcommand).unwrap_or_default()
         ),
         ErrorKind::InvalidValue | ErrorKind::ValueValidation => {

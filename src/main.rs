@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use rowcast::config::{self, Command, Config};
 use rowcast::gateway::Gateway;
+use rowcast::pg::capture::{switch, CaptureMode};
 use rowcast::pg::connect::Waiting;
 use rowcast::pg::{migrate, startup};
 use tracing_subscriber::EnvFilter;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
             Command::Serve(config) => serve(config).await,
             Command::Migrate(config) => migrate_only(config, false).await,
             Command::Seed(config) => migrate_only(config, true).await,
+            Command::Capture(config, mode) => switch_capture(config, mode).await,
         }
     });
     match result {
@@ -99,6 +101,42 @@ async fn migrate_only(config: Config, seed: bool) -> Result<(), BoxError> {
         let _ = server.stop();
     }
     Ok(result?)
+}
+
+/// `rowcast capture wal|trigger`: migrates if allowed, then switches the mode.
+async fn switch_capture(config: Config, mode: CaptureMode) -> Result<(), BoxError> {
+    let (target, embedded) = startup::resolve_database(&config).await?;
+    let result = async {
+        let deadline = startup::Deadline::after(startup::STARTUP_DEADLINE);
+        startup::prepare_schema(&target, &config, &deadline).await?;
+        let capture = config
+            .capture_url
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(|| target.clone());
+        let switched = match mode {
+            CaptureMode::Wal => {
+                let client = deadline.connect(&target).await?;
+                switch::to_wal(&client, &config.capture_slot, true)
+                    .await?
+                    .is_some()
+            }
+            CaptureMode::Trigger => {
+                switch::to_trigger(&target, &capture, &config.capture_slot).await?
+            }
+        };
+        println!(
+            "capture mode: {}{}",
+            mode.as_str(),
+            if switched { "" } else { " (unchanged)" }
+        );
+        Ok::<(), BoxError>(())
+    }
+    .await;
+    if let Some(server) = embedded {
+        let _ = server.stop();
+    }
+    result
 }
 
 async fn wait_for_signal() {

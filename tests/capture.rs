@@ -11,12 +11,12 @@ use rowcast::event::{Event, Op};
 use rowcast::hub::Hub;
 use rowcast::log::EventLog;
 use rowcast::metrics::Metrics;
-use rowcast::pg::source::{Source, SourceMode, SourceStatus};
 use rowcast::pg::capture::CaptureMode;
+use rowcast::pg::source::{Source, SourceMode, SourceStatus};
 use rowcast::pg::{changes, migrate, DbTarget};
 use serde_json::Value;
-use support::*;
 use support::wal;
+use support::*;
 use tokio_util::sync::CancellationToken;
 
 /// A source reading into its own log, as the gateway runs it.

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::wal::{applied, wal_mode, Replica};
@@ -11,7 +13,10 @@ use support::*;
 /// `table`, `op`, `row` and `old` of every change_log row after `after`, in id order,
 /// JSON as PostgreSQL prints it; `orders.updated_at` is left out (a trigger sets it to
 /// the writer's clock).
-async fn changes_after(db: &TestDb, after: i64) -> Vec<(String, String, Option<String>, Option<String>)> {
+async fn changes_after(
+    db: &TestDb,
+    after: i64,
+) -> Vec<(String, String, Option<String>, Option<String>)> {
     db.client()
         .await
         .query(
@@ -69,7 +74,12 @@ const WORKLOAD: &[&str] = &[
 /// asserts both recorded the same changes, byte for byte.
 async fn same_in_both_modes(schema: &str, workload: &[&str]) {
     let by_trigger = TestDb::new();
-    by_trigger.client().await.batch_execute(schema).await.unwrap();
+    by_trigger
+        .client()
+        .await
+        .batch_execute(schema)
+        .await
+        .unwrap();
     let start = head(&by_trigger).await;
     run(&by_trigger, workload).await;
     let expected = changes_after(&by_trigger, start).await;
@@ -84,7 +94,11 @@ async fn same_in_both_modes(schema: &str, workload: &[&str]) {
     let got = changes_after(&by_wal, start).await;
     replica.stop().await;
 
-    assert_eq!(got.len(), expected.len(), "same number of changes: {got:#?}");
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "same number of changes: {got:#?}"
+    );
     for (i, (got, expected)) in got.iter().zip(&expected).enumerate() {
         assert_eq!(got, expected, "change {i} differs");
     }
@@ -214,7 +228,152 @@ async fn another_replica_takes_over_within_5s_of_the_capturer_being_killed() {
             .iter()
             .filter_map(|m| m.strip_prefix(&prefix)?.parse().ok())
             .collect();
-        assert!(order.windows(2).all(|p| p[0] < p[1]), "writer {w} out of order");
+        assert!(
+            order.windows(2).all(|p| p[0] < p[1]),
+            "writer {w} out of order"
+        );
     }
     eprintln!("takeover after SIGKILL: {takeover:?}");
+}
+
+/// Runs `rowcast capture <mode>` against the test database; asserts it succeeds.
+async fn switch_with_the_cli(db: &TestDb, mode: &str) {
+    let output = tokio::process::Command::new(binary())
+        .args([
+            "capture",
+            mode,
+            "--database-url",
+            &db.url,
+            "--capture-slot",
+            &db.name,
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "rowcast capture {mode}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Until `stop`, each transaction inserts a row and updates the writer's previous row:
+/// row histories that only replay if every change is there once and in commit order.
+async fn chain_writer(db: TestDb, writer: usize, stop: Arc<AtomicBool>) -> usize {
+    let mut rng = fastrand::Rng::with_seed(100 + writer as u64);
+    let mut client = db.client().await;
+    let mut previous: Option<i32> = None;
+    let mut committed = 0;
+    for t in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let tx = client.transaction().await.unwrap();
+        let id: i32 = tx
+            .query_one(
+                "INSERT INTO orders (customer_name, product_name) VALUES ('new', $1) RETURNING id",
+                &[&format!("w{writer}-t{t}")],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if let Some(previous) = previous {
+            tx.execute(
+                "UPDATE orders SET customer_name = $1 WHERE id = $2",
+                &[&format!("w{writer}-t{t}"), &previous],
+            )
+            .await
+            .unwrap();
+        }
+        tokio::time::sleep(Duration::from_micros(rng.u64(0..2000))).await;
+        if rng.u8(0..8) == 0 {
+            tx.rollback().await.unwrap();
+        } else {
+            tx.commit().await.unwrap();
+            previous = Some(id);
+            committed += 1;
+        }
+    }
+    committed
+}
+
+/// Replays change_log by primary key, checking every row's history chains (an UPDATE's
+/// `old` is the row's previous state), and compares the result with the table.
+async fn replay_equals_table(db: &TestDb) {
+    let client = db.client().await;
+    let mut rows: std::collections::BTreeMap<i64, serde_json::Value> = Default::default();
+    for change in client
+        .query(
+            "SELECT op, row, old FROM realtime.change_log WHERE \"table\" = 'orders' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let op: String = change.get(0);
+        let row: serde_json::Value = change.get(1);
+        let id = row["id"].as_i64().unwrap();
+        match op.as_str() {
+            "INSERT" => assert!(rows.insert(id, row).is_none(), "row {id} inserted twice"),
+            "UPDATE" => {
+                let old: serde_json::Value = change.get(2);
+                assert_eq!(
+                    rows.insert(id, row),
+                    Some(old),
+                    "update of row {id} out of order"
+                );
+            }
+            "DELETE" => assert_eq!(rows.remove(&id), Some(row), "delete of row {id}"),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let table: std::collections::BTreeMap<i64, serde_json::Value> = client
+        .query("SELECT id::int8, to_jsonb(o) FROM orders o", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, table, "replaying change_log gives the table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn switching_modes_under_8_writers_loses_and_duplicates_nothing() {
+    let db = TestDb::new();
+    let replica = Replica::standby(&db);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| tokio::spawn(chain_writer(db.clone(), w, Arc::clone(&stop))))
+        .collect();
+    for mode in ["wal", "trigger", "wal"] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        switch_with_the_cli(&db, mode).await;
+        assert!(
+            writers.iter().all(|w| !w.is_finished()),
+            "the writers ran through the switch to {mode}"
+        );
+    }
+    wal_mode(&db).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = 0;
+    for task in writers {
+        committed += task.await.unwrap();
+    }
+    applied(&db).await;
+    replica.stop().await;
+
+    let inserts: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM realtime.change_log WHERE op = 'INSERT'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(inserts as usize, committed, "every committed insert once");
+    replay_equals_table(&db).await;
 }

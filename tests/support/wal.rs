@@ -33,6 +33,21 @@ impl Replica {
         Replica { status, stop, task }
     }
 
+    /// A capturer that never switches modes itself: it captures while the database is
+    /// in WAL mode and stands by otherwise.
+    pub fn standby(db: &TestDb) -> Replica {
+        let status = Arc::new(CaptureStatus::default());
+        let capturer = Capturer {
+            target: db.target.clone(),
+            capture: db.target.clone(),
+            slot: db.name.clone(),
+            status: Arc::clone(&status),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(capturer.run(stop.clone()));
+        Replica { status, stop, task }
+    }
+
     /// Stops it and waits for its task.
     pub async fn stop(self) {
         self.stop.cancel();
@@ -45,7 +60,10 @@ pub async fn wal_mode(db: &TestDb) {
     let client = db.client().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while switch::mode(&client).await.unwrap() != CaptureMode::Wal {
-        assert!(tokio::time::Instant::now() < deadline, "no switch to WAL mode");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no switch to WAL mode"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

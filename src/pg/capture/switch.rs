@@ -26,15 +26,36 @@
 //!    from queueing behind it for long).
 //!
 //! # WAL → trigger
-//! Not implemented yet: `rowcast capture trigger` refuses rather than risk loss.
+//! 1. One transaction, `realtime.hold_writers()`: takes every tracked table's SHARE ROW
+//!    EXCLUSIVE lock (writers in flight commit first, new ones wait) and reads the WAL
+//!    insert position P. Every commit on a tracked table is now either below P or
+//!    after this transaction.
+//! 2. Still holding the locks, it waits until the slot's confirmed position reaches P:
+//!    the capturer (a gateway's, or one this command runs itself) confirms a position
+//!    only once everything before it is in `change_log`.
+//! 3. Same transaction, `realtime.switch_to_trigger()`: creates the triggers, takes the
+//!    tables out of the publication (so later commits are not decoded: pgoutput reads
+//!    publication membership as of each change) and sets mode `trigger`. Commits after
+//!    it fire the triggers and draw their ids after every id the capturer drew.
+//! 4. The slot, no longer needed, is dropped so it holds no WAL.
+//!
+//! # Recapture
+//! A slot dropped or invalidated while in WAL mode is a refusal until an operator runs
+//! `rowcast capture wal`: it creates a new slot and raises retention's horizon past the
+//! head, so every client whose position precedes the new slot gets `reset`: what
+//! happened in between was never decoded, and is never silently skipped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{PgLsn, Type};
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
-use super::{CaptureError, CaptureMode, Refusal};
+use super::wal::Capturer;
+use super::{CaptureError, CaptureMode, CaptureStatus, Refusal};
+use crate::pg::DbTarget;
 
 /// Attempts at the switch transaction (lock timeouts and deadlocks are retried).
 const SWITCH_ATTEMPTS: u32 = 20;
@@ -64,11 +85,22 @@ pub async fn mode(client: &Client) -> Result<CaptureMode, CaptureError> {
     Ok(CaptureMode::parse(&mode).unwrap_or_default())
 }
 
+/// How long the WAL → trigger switch waits for the capturer to drain the slot.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Puts the database in WAL mode if it is not (see the module comment); returns the
-/// switch point when it switched.
-pub async fn to_wal(client: &Client, slot: &str) -> Result<Option<u64>, CaptureError> {
+/// switch point when it switched. With `recapture`, a database already in WAL mode
+/// whose slot is gone or invalidated gets a new one (see "Recapture").
+pub async fn to_wal(
+    client: &Client,
+    slot: &str,
+    recapture: bool,
+) -> Result<Option<u64>, CaptureError> {
     check_wal_level(client).await?;
     if mode(client).await? == CaptureMode::Wal {
+        if recapture {
+            return recapture_slot(client, slot).await;
+        }
         return Ok(None);
     }
     client
@@ -126,8 +158,171 @@ async fn switch_once(client: &Client) -> Result<Option<u64>, tokio_postgres::Err
     }
 }
 
-/// Creates the logical slot unless it exists.
-async fn create_slot(client: &Client, slot: &str) -> Result<(), CaptureError> {
+/// Replaces a missing or invalidated slot; returns the new slot's consistent point.
+async fn recapture_slot(client: &Client, slot: &str) -> Result<Option<u64>, CaptureError> {
+    let status: Option<Option<String>> = client
+        .query_typed_opt(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[(&slot, Type::TEXT)],
+        )
+        .await?
+        .map(|row| row.get(0));
+    match status {
+        Some(status) if status.as_deref() != Some("lost") => return Ok(None),
+        Some(_) => drop_slot(client, slot).await?,
+        None => {}
+    }
+    client
+        .batch_execute("SELECT realtime.ensure_publication()")
+        .await?;
+    let point = create_slot(client, slot).await?.unwrap_or_default();
+    client
+        .execute_typed(
+            "SELECT realtime.recapture($1)",
+            &[(&PgLsn::from(point), Type::PG_LSN)],
+        )
+        .await?;
+    tracing::warn!(
+        slot,
+        consistent_point = %PgLsn::from(point),
+        "recaptured on a new slot: changes since the old slot was lost were not decoded; clients behind this point get `reset`"
+    );
+    Ok(Some(point))
+}
+
+/// Puts the database back in trigger mode (see the module comment), draining the slot
+/// with an in-process capturer when no gateway runs one; returns whether it switched.
+pub async fn to_trigger(
+    target: &DbTarget,
+    capture: &DbTarget,
+    slot: &str,
+) -> Result<bool, CaptureError> {
+    let client = target.connect_spawned().await?;
+    if mode(&client).await? == CaptureMode::Trigger {
+        return Ok(false);
+    }
+    let stop = CancellationToken::new();
+    let drainer = tokio::spawn(
+        Capturer {
+            target: target.clone(),
+            capture: capture.clone(),
+            slot: slot.to_owned(),
+            status: Arc::new(CaptureStatus::default()),
+        }
+        .run(stop.clone()),
+    );
+    let result = hold_drain_switch(&client, target, slot).await;
+    stop.cancel();
+    let _ = drainer.await;
+    result?;
+    drop_slot(&client, slot).await?;
+    tracing::info!(slot, "switched the database to trigger capture");
+    Ok(true)
+}
+
+/// Steps 1–3 of WAL → trigger, in one transaction.
+async fn hold_drain_switch(
+    client: &Client,
+    target: &DbTarget,
+    slot: &str,
+) -> Result<(), CaptureError> {
+    let watcher = target.connect_spawned().await?;
+    for attempt in 1..=SWITCH_ATTEMPTS {
+        client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}'"
+            ))
+            .await?;
+        let held = client
+            .query_typed_one("SELECT realtime.hold_writers()", &[])
+            .await;
+        let point: PgLsn = match held {
+            Ok(row) => row.get(0),
+            Err(err)
+                if attempt < SWITCH_ATTEMPTS
+                    && matches!(
+                        err.code(),
+                        Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                            | Some(&SqlState::LOCK_NOT_AVAILABLE)
+                    ) =>
+            {
+                client.batch_execute("ROLLBACK").await?;
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                continue;
+            }
+            Err(err) => {
+                client.batch_execute("ROLLBACK").await?;
+                return Err(err.into());
+            }
+        };
+        let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+            loop {
+                let done: bool = watcher
+                    .query_typed_one(
+                        "SELECT coalesce(bool_or(confirmed_flush_lsn >= $1), false)
+                         FROM pg_replication_slots WHERE slot_name = $2",
+                        &[(&point, Type::PG_LSN), (&slot, Type::TEXT)],
+                    )
+                    .await?
+                    .get(0);
+                if done {
+                    return Ok::<(), CaptureError>(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        match drained {
+            Ok(Ok(())) => {
+                client
+                    .batch_execute("SELECT realtime.switch_to_trigger(); COMMIT")
+                    .await?;
+                return Ok(());
+            }
+            Ok(Err(err)) => {
+                client.batch_execute("ROLLBACK").await?;
+                return Err(err);
+            }
+            Err(_) => {
+                client.batch_execute("ROLLBACK").await?;
+                return Err(CaptureError::Timeout("draining the slot before the switch"));
+            }
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Drops the slot, ending the walsender that streams it (its capturer reconnects,
+/// finds trigger mode and stands by).
+async fn drop_slot(client: &Client, slot: &str) -> Result<(), CaptureError> {
+    for _ in 0..100 {
+        client
+            .execute_typed(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                 WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                &[(&slot, Type::TEXT)],
+            )
+            .await?;
+        match client
+            .execute_typed(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                 WHERE slot_name = $1",
+                &[(&slot, Type::TEXT)],
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(err) if err.code() == Some(&SqlState::OBJECT_IN_USE) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(CaptureError::Timeout("dropping the slot"))
+}
+
+/// Creates the logical slot unless it exists; returns its consistent point if created.
+async fn create_slot(client: &Client, slot: &str) -> Result<Option<u64>, CaptureError> {
     let exists = client
         .query_typed_opt(
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
@@ -136,7 +331,7 @@ async fn create_slot(client: &Client, slot: &str) -> Result<(), CaptureError> {
         .await?
         .is_some();
     if exists {
-        return Ok(());
+        return Ok(None);
     }
     match client
         .query_typed_one(
@@ -145,7 +340,7 @@ async fn create_slot(client: &Client, slot: &str) -> Result<(), CaptureError> {
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(row) => Ok(Some(u64::from(row.get::<_, PgLsn>(0)))),
         Err(err) if err.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
             let reason = err
                 .as_db_error()

@@ -76,7 +76,7 @@ impl Capturer {
         loop {
             let attempt = async {
                 let client = self.target.connect_spawned().await?;
-                switch::to_wal(&client, &self.slot).await
+                switch::to_wal(&client, &self.slot, false).await
             };
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
