@@ -377,3 +377,84 @@ async fn switching_modes_under_8_writers_loses_and_duplicates_nothing() {
     assert_eq!(inserts as usize, committed, "every committed insert once");
     replay_equals_table(&db).await;
 }
+
+/// A gateway configuration for `db` with WAL capture on its own slot.
+fn wal_config(db: &TestDb) -> rowcast::config::Config {
+    rowcast::config::Config {
+        capture: rowcast::pg::capture::CaptureMode::Wal,
+        capture_slot: db.name.clone(),
+        ..db.config()
+    }
+}
+
+/// Waits until `/readyz` answers `status`; returns the body.
+async fn readyz_becomes(server: &TestServer, status: u16) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let response = http(server.addr, "GET", "/readyz", &[], None).await;
+        if response.status == status {
+            return response.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz stayed {} ({})",
+            response.status,
+            response.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_dropped_by_hand_is_refused_loudly_until_recapture_resets_clients_behind_it() {
+    let db = TestDb::new();
+    let server = TestServer::start(wal_config(&db)).await;
+    wal_mode(&db).await;
+    let client = db.client().await;
+    insert_order(&client, "before", "drop").await;
+    applied(&db).await;
+    let head_before = head(&db).await;
+
+    client
+        .execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+             WHERE slot_name = $1 AND active_pid IS NOT NULL",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&db.name])
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "slot stays active");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reason = readyz_becomes(&server, 503).await;
+    assert!(reason.contains("does not exist"), "{reason}");
+    assert!(reason.contains(&db.name), "{reason}");
+    let metrics = http(server.addr, "GET", "/metrics", &[], None).await.body;
+    assert!(metrics.contains("rowcast_capture_refused 1"), "{metrics}");
+
+    switch_with_the_cli(&db, "wal").await;
+    readyz_becomes(&server, 200).await;
+    let pruned = rowcast::pg::changes::pruned_upto(&client).await.unwrap();
+    assert!(
+        pruned > head_before as u64,
+        "positions up to the old head ({head_before}) get reset, horizon {pruned}"
+    );
+    insert_order(&client, "after", "recapture").await;
+    applied(&db).await;
+    let last: String = client
+        .query_one(
+            "SELECT row->>'customer_name' FROM realtime.change_log ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(last, "after", "capture resumed on the new slot");
+    server.shutdown().await;
+}
