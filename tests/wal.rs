@@ -458,3 +458,78 @@ async fn a_slot_dropped_by_hand_is_refused_loudly_until_recapture_resets_clients
     assert_eq!(last, "after", "capture resumed on the new slot");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_200000_row_update_is_captured_in_order_with_bounded_memory() {
+    let db = TestDb::new();
+    let args = [
+        "--capture",
+        "wal",
+        "--capture-slot",
+        db.name.as_str(),
+        "--ring-capacity",
+        "1024",
+    ];
+    let gateway = GatewayProcess::start(&db.url, &args).await;
+    wal_mode(&db).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO orders (customer_name, product_name)
+             SELECT 'customer ' || n, 'product ' || n FROM generate_series(1, 200000) n",
+        )
+        .await
+        .unwrap();
+    applied(&db).await;
+    let baseline = gateway.rss_kib();
+    let before = head(&db).await;
+    client
+        .batch_execute("UPDATE orders SET status = 'shipped'")
+        .await
+        .unwrap();
+    // Peak resident memory while the capturer works through the transaction.
+    let pid = gateway.child.id();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let peak = Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    applied(&db).await;
+    sampler.abort();
+    let peak_kib = peak.load(Ordering::Relaxed);
+    let (count, first, last, updates): (i64, i64, i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT count(*), min(id), max(id), count(*) FILTER (WHERE op = 'UPDATE')
+                 FROM realtime.change_log WHERE id > $1",
+                &[&before],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2), row.get(3))
+    };
+    assert_eq!((count, updates), (200_000, 200_000));
+    assert_eq!(last - first + 1, 200_000, "ids contiguous");
+    eprintln!("capturer RSS: {baseline} KiB before the update, peak {peak_kib} KiB during it");
+    // Held whole, 200,000 old and new rows would take well over 100 MiB.
+    assert!(
+        peak_kib < baseline + 64 * 1024,
+        "peak {peak_kib} KiB, baseline {baseline} KiB"
+    );
+}
+
+/// Resident memory of process `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
