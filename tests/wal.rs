@@ -533,3 +533,20 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_without_logical_decoding_is_refused_loudly_and_triggers_keep_capturing() {
+    let cluster = Cluster::private_without_logical_decoding();
+    let db = cluster.database();
+    let server = TestServer::start(wal_config(&db)).await;
+    let reason = readyz_becomes(&server, 503).await;
+    assert!(reason.contains("wal_level=logical"), "{reason}");
+    assert!(reason.contains("wal_level=replica"), "{reason}");
+    let metrics = http(server.addr, "GET", "/metrics", &[], None).await.body;
+    assert!(metrics.contains("rowcast_capture_refused 1"), "{metrics}");
+
+    let client = db.client().await;
+    insert_order(&client, "still", "captured").await;
+    assert_eq!(head(&db).await, 1, "the database stayed in trigger mode");
+    server.shutdown().await;
+}

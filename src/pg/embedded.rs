@@ -52,6 +52,9 @@ pub struct Options {
     pub fsync: bool,
     /// The server's connection limit.
     pub max_connections: u32,
+    /// `wal_level=logical`, so `--capture wal` works out of the box; off only to test
+    /// the refusal on a server without it.
+    pub logical_decoding: bool,
 }
 
 impl Default for Options {
@@ -59,6 +62,7 @@ impl Default for Options {
         Options {
             fsync: true,
             max_connections: 200,
+            logical_decoding: true,
         }
     }
 }
@@ -145,10 +149,14 @@ impl Embedded {
             source,
         })?;
         server.settings = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections={} \
-             -c wal_level=logical -c max_replication_slots=32 -c max_wal_senders=32",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections={}",
             server.port, options.max_connections
         );
+        if options.logical_decoding {
+            server.settings.push_str(
+                " -c wal_level=logical -c max_replication_slots=32 -c max_wal_senders=32",
+            );
+        }
         if !options.fsync {
             server
                 .settings

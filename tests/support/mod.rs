@@ -95,6 +95,7 @@ impl Cluster {
         Cluster::private_with(Options {
             fsync: false,
             max_connections: 300,
+            ..Options::default()
         })
     }
 
@@ -104,6 +105,16 @@ impl Cluster {
         Cluster::private_with(Options {
             fsync: true,
             max_connections: 300,
+            ..Options::default()
+        })
+    }
+
+    /// A cluster of its own without logical decoding (`wal_level=replica`).
+    pub fn private_without_logical_decoding() -> Cluster {
+        Cluster::private_with(Options {
+            fsync: false,
+            max_connections: 50,
+            logical_decoding: false,
         })
     }
 
