@@ -737,6 +737,48 @@ mod tests {
     }
 
     #[test]
+    fn capture_subcommand_takes_a_mode_and_the_usual_flags() {
+        let Ok(Command::Capture(config, CaptureMode::Wal)) =
+            parse(["capture", "wal", "--capture-slot", "app_1"], &env(&[]))
+        else {
+            panic!("expected capture wal");
+        };
+        assert_eq!(config.capture_slot, "app_1");
+        assert!(matches!(
+            parse(["capture", "trigger"], &env(&[])),
+            Ok(Command::Capture(_, CaptureMode::Trigger))
+        ));
+        assert!(parse(["capture"], &env(&[])).is_err());
+        assert!(parse(["capture", "both"], &env(&[])).is_err());
+    }
+
+    #[test]
+    fn capture_is_trigger_unless_wal_is_asked_for() {
+        let default = serve(&[], &[]).unwrap();
+        assert_eq!(default.capture, CaptureMode::Trigger);
+        assert!(default.capture_url.is_none());
+        assert_eq!(default.capture_slot, "rowcast");
+        let wal = serve(
+            &[
+                "--capture",
+                "wal",
+                "--capture-url",
+                "postgres://r@db:5432/app",
+            ],
+            &[("ROWCAST_CAPTURE_SLOT", "app")],
+        )
+        .unwrap();
+        assert_eq!(wal.capture, CaptureMode::Wal);
+        assert_eq!(
+            wal.capture_url.map(|t| t.to_string()).as_deref(),
+            Some("db:5432/app as r")
+        );
+        assert_eq!(wal.capture_slot, "app");
+        assert!(serve(&["--capture", "logical"], &[]).is_err());
+        assert!(serve(&["--capture-slot", "Bad-Name"], &[]).is_err());
+    }
+
+    #[test]
     fn help_lists_every_flag_with_its_environment_form() {
         let Ok(Command::Print(help)) = parse(["--help"], &env(&[])) else {
             panic!("expected help");
