@@ -154,7 +154,7 @@ impl Embedded {
         );
         if options.logical_decoding {
             server.settings.push_str(
-                " -c wal_level=logical -c max_replication_slots=32 -c max_wal_senders=32",
+                " -c wal_level=logical -c max_replication_slots=64 -c max_wal_senders=32",
             );
         }
         if !options.fsync {

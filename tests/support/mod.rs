@@ -298,14 +298,21 @@ impl TestDb {
             .expect("test database connection")
     }
 
-    /// A gateway configuration pointing at this database, listening on port 0.
+    /// A gateway configuration pointing at this database, listening on port 0. With
+    /// `ROWCAST_TEST_CAPTURE=wal` every such gateway captures from the WAL (on a slot
+    /// named after the database): the capture-mode matrix runs the same tests twice.
     pub fn config(&self) -> Config {
-        Config {
+        let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: Database::Target(Box::new(self.target.clone())),
             pool_size: 4,
             ..Config::default()
+        };
+        if std::env::var("ROWCAST_TEST_CAPTURE").as_deref() == Ok("wal") {
+            config.capture = rowcast::pg::capture::CaptureMode::Wal;
+            config.capture_slot = self.name.clone();
         }
+        config
     }
 }
 
