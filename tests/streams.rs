@@ -169,6 +169,7 @@ fn filter(expression: &str) -> String {
 
 /// The newest id that ever existed.
 async fn head(db: &TestDb) -> u64 {
+    captured(db).await;
     rowcast::pg::changes::head(&db.client().await)
         .await
         .unwrap()
@@ -176,6 +177,7 @@ async fn head(db: &TestDb) -> u64 {
 
 /// Ids in `change_log` after `since` for which the SQL `predicate` holds, in order.
 async fn logged_ids(db: &TestDb, since: u64, predicate: &str) -> Vec<u64> {
+    captured(db).await;
     db.client()
         .await
         .query(
@@ -884,6 +886,15 @@ async fn gaps_from_rolled_back_transactions_never_cause_a_reset() {
             .expect_err("the commit must fail");
         let message = err.as_db_error().map(|e| e.message().to_owned());
         assert_eq!(message.as_deref(), Some("refused at commit"));
+    }
+    if wal_matrix() {
+        // WAL capture draws no id for a transaction that never committed: the same gap
+        // by hand.
+        sql.batch_execute(
+            "SELECT nextval('realtime.change_log_id_seq') FROM generate_series(1, 10)",
+        )
+        .await
+        .unwrap();
     }
     let drawn: i64 = sql
         .query_one("SELECT last_value FROM realtime.change_log_id_seq", &[])

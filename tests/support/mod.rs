@@ -308,7 +308,7 @@ impl TestDb {
             pool_size: 4,
             ..Config::default()
         };
-        if std::env::var("ROWCAST_TEST_CAPTURE").as_deref() == Ok("wal") {
+        if wal_matrix() {
             config.capture = rowcast::pg::capture::CaptureMode::Wal;
             config.capture_slot = self.name.clone();
         }
@@ -332,7 +332,16 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let wal = match (&config.capture, &config.database) {
+            (rowcast::pg::capture::CaptureMode::Wal, Database::Target(target)) => {
+                Some(DbTarget::clone(target))
+            }
+            _ => None,
+        };
         let gateway = Gateway::start(config).await.expect("gateway start");
+        if let Some(target) = wal {
+            wal::wal_mode_at(&target).await;
+        }
         let server = tokio::spawn(rowcast::http::run(listener, Arc::clone(&gateway), 10_000));
         tokio::time::timeout(WAIT, gateway.source.wait_live())
             .await
@@ -360,8 +369,12 @@ impl TestServer {
         drained
     }
 
-    /// Waits until the source has read up to the database's newest change.
+    /// Waits until the source has read up to the database's newest change (under WAL
+    /// capture, once everything committed so far is captured).
     pub async fn caught_up(&self, db: &TestDb) {
+        if self.gateway.config.capture == rowcast::pg::capture::CaptureMode::Wal {
+            wal::applied(db).await;
+        }
         let client = db.client().await;
         let head = rowcast::pg::changes::head(&client).await.unwrap();
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -378,6 +391,25 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.gateway.shutdown.cancel();
+    }
+}
+
+/// Whether this run is the WAL half of the capture-mode matrix (`ROWCAST_TEST_CAPTURE=wal`).
+pub fn wal_matrix() -> bool {
+    std::env::var("ROWCAST_TEST_CAPTURE").as_deref() == Ok("wal")
+}
+
+/// Waits until everything committed so far is in `change_log`: at once under trigger
+/// capture (it writes at commit), after the capturer applied it under WAL capture.
+pub async fn captured(db: &TestDb) {
+    if !wal_matrix() {
+        return;
+    }
+    let mode = rowcast::pg::capture::switch::mode(&db.client().await)
+        .await
+        .expect("capture mode");
+    if mode == rowcast::pg::capture::CaptureMode::Wal {
+        wal::applied(db).await;
     }
 }
 

@@ -57,7 +57,12 @@ impl Replica {
 
 /// Waits until the database is in WAL mode.
 pub async fn wal_mode(db: &TestDb) {
-    let client = db.client().await;
+    wal_mode_at(&db.target).await;
+}
+
+/// Waits until the database at `target` is in WAL mode.
+pub async fn wal_mode_at(target: &rowcast::pg::DbTarget) {
+    let client = target.connect_spawned().await.expect("connect");
     let deadline = tokio::time::Instant::now() + WAIT;
     while switch::mode(&client).await.unwrap() != CaptureMode::Wal {
         assert!(
