@@ -340,7 +340,15 @@ impl TestServer {
         };
         let gateway = Gateway::start(config).await.expect("gateway start");
         if let Some(target) = wal {
-            wal::wal_mode_at(&target).await;
+            // Switched, or refused (a test of the refusal sees /readyz say why).
+            tokio::select! {
+                () = wal::wal_mode_at(&target) => {}
+                () = async {
+                    while gateway.capture.refusal().is_none() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                } => {}
+            }
         }
         let server = tokio::spawn(rowcast::http::run(listener, Arc::clone(&gateway), 10_000));
         tokio::time::timeout(WAIT, gateway.source.wait_live())

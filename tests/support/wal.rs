@@ -7,7 +7,7 @@ use rowcast::pg::capture::wal::Capturer;
 use rowcast::pg::capture::{switch, CaptureMode, CaptureStatus};
 use tokio_util::sync::CancellationToken;
 
-use super::{TestDb, WAIT};
+use super::TestDb;
 
 /// One capturer replica, in-process, on the test database's own slot (slots are per
 /// cluster, so each test database's slot is named after it).
@@ -60,10 +60,14 @@ pub async fn wal_mode(db: &TestDb) {
     wal_mode_at(&db.target).await;
 }
 
+/// How long a switch to WAL mode may take: creating a slot waits for every
+/// transaction running on the cluster, and other tests' transactions can be long.
+const SWITCH_WAIT: Duration = Duration::from_secs(90);
+
 /// Waits until the database at `target` is in WAL mode.
 pub async fn wal_mode_at(target: &rowcast::pg::DbTarget) {
     let client = target.connect_spawned().await.expect("connect");
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + SWITCH_WAIT;
     while switch::mode(&client).await.unwrap() != CaptureMode::Wal {
         assert!(
             tokio::time::Instant::now() < deadline,
