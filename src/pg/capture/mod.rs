@@ -87,6 +87,10 @@ pub enum CaptureError {
     /// Capture cannot run until an operator acts.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// The lock-holding connection closed: the lock went with it, another replica may
+    /// capture now.
+    #[error("the capturer's database connection closed")]
+    ConnectionLost,
     /// A step took longer than its deadline.
     #[error("{0} timed out")]
     Timeout(&'static str),

@@ -107,7 +107,9 @@ pub async fn to_wal(
         .batch_execute("SELECT realtime.ensure_publication()")
         .await?;
     create_slot(client, slot).await?;
-    for attempt in 1..=SWITCH_ATTEMPTS {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         match switch_once(client).await {
             Ok(point) => {
                 if let Some(point) = point {
@@ -119,21 +121,22 @@ pub async fn to_wal(
                 }
                 return Ok(point);
             }
-            Err(err)
-                if attempt < SWITCH_ATTEMPTS
-                    && matches!(
-                        err.code(),
-                        Some(&SqlState::T_R_DEADLOCK_DETECTED)
-                            | Some(&SqlState::LOCK_NOT_AVAILABLE)
-                    ) =>
-            {
+            Err(err) if attempt < SWITCH_ATTEMPTS && lost_to_a_writer(&err) => {
                 tracing::debug!(%err, attempt, "switch to WAL capture retried");
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
             }
             Err(err) => return Err(err.into()),
         }
     }
-    unreachable!("the last attempt returns")
+}
+
+/// A deadlock with a writer, or the lock timeout: the switch let writers pass and may
+/// try again.
+fn lost_to_a_writer(err: &tokio_postgres::Error) -> bool {
+    matches!(
+        err.code(),
+        Some(&SqlState::T_R_DEADLOCK_DETECTED) | Some(&SqlState::LOCK_NOT_AVAILABLE)
+    )
 }
 
 /// The switch transaction.
@@ -227,7 +230,9 @@ async fn hold_drain_switch(
     slot: &str,
 ) -> Result<(), CaptureError> {
     let watcher = target.connect_spawned().await?;
-    for attempt in 1..=SWITCH_ATTEMPTS {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         client
             .batch_execute(&format!(
                 "BEGIN; SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}'"
@@ -238,14 +243,7 @@ async fn hold_drain_switch(
             .await;
         let point: PgLsn = match held {
             Ok(row) => row.get(0),
-            Err(err)
-                if attempt < SWITCH_ATTEMPTS
-                    && matches!(
-                        err.code(),
-                        Some(&SqlState::T_R_DEADLOCK_DETECTED)
-                            | Some(&SqlState::LOCK_NOT_AVAILABLE)
-                    ) =>
-            {
+            Err(err) if attempt < SWITCH_ATTEMPTS && lost_to_a_writer(&err) => {
                 client.batch_execute("ROLLBACK").await?;
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
                 continue;
@@ -289,7 +287,6 @@ async fn hold_drain_switch(
             }
         }
     }
-    unreachable!("the last attempt returns")
 }
 
 /// Drops the slot, ending the walsender that streams it (its capturer reconnects,

@@ -372,9 +372,7 @@ impl Stream<'_> {
                         confirmed = confirmed.max(wal_end.0);
                     }
                     if self.client.is_closed() {
-                        return Err(CaptureError::Decode(
-                            "the capturer's database connection closed".into(),
-                        ));
+                        return Err(CaptureError::ConnectionLost);
                     }
                 }
                 ReplicationEvent::Message { .. } => {}
