@@ -389,9 +389,22 @@ async fn a_new_process_resumes_from_its_cursor_with_nothing_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restarting_under_writers_loses_nothing() {
+    postgres_restarting_under_writers_loses_nothing_in(CaptureMode::Trigger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarting_under_writers_loses_nothing_under_wal_capture() {
+    postgres_restarting_under_writers_loses_nothing_in(CaptureMode::Wal).await;
+}
+
+async fn postgres_restarting_under_writers_loses_nothing_in(mode: CaptureMode) {
     let cluster = Cluster::private();
     let db = cluster.database();
     let server = cluster.server().expect("a private cluster");
+    let replica = (mode == CaptureMode::Wal).then(|| wal::Replica::start(&db));
+    if replica.is_some() {
+        wal::wal_mode(&db).await;
+    }
     let reader = Reader::start(&db.target, SourceMode::Notify, 0);
     tokio::time::timeout(WAIT, reader.status.wait_live())
         .await
@@ -449,6 +462,10 @@ async fn postgres_restarting_under_writers_loses_nothing() {
     for writer in writers {
         committed.extend(writer.await.unwrap());
     }
+    if let Some(replica) = replica {
+        wal::applied(&db).await;
+        replica.stop().await;
+    }
     reader.caught_up(&db).await;
     let events = reader.events();
     assert_eq!(wire(&events), wire(&table_events(&db).await));
@@ -461,6 +478,7 @@ async fn postgres_restarting_under_writers_loses_nothing() {
                 .to_owned()
         })
         .collect();
+    assert_eq!(seen.len(), events.len(), "an insert captured twice");
     assert!(committed.len() > 50, "too few writes: {}", committed.len());
     assert!(
         committed.iter().all(|m| seen.contains(m)),
