@@ -23,7 +23,8 @@
 //!   cursor when the doorbell rings or a poll tick fires; [`pg::changes`] holds the
 //!   queries and the sessions' catch-up reader; [`pg::retention`] prunes;
 //!   [`pg::startup`] finds the database and [`pg::embedded`] starts a private server
-//!   when none is configured.
+//!   when none is configured. With `--capture wal`, [`pg::capture`] replaces the
+//!   trigger: one replica streams a logical slot into the same log.
 //! - [`event`]: a change as the gateway holds it, serialised once into its wire forms.
 //! - [`log`]: the ring of recent events; "events after id X" in O(log n).
 //! - [`hub`]: the subscribers, woken per table (or filtered value) touched.
