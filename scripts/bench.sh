@@ -44,6 +44,7 @@ SCENARIOS=(
   "ws1000_x_50cps|--source notify|--clients 1000 --ws-share 1 --rate 50 --writers 2 --duration 20s"
   "one_x_100cps_notify|--source notify|--clients 1 --rate 100 --writers 1 --duration 20s"
   "one_x_100cps_poll|--source poll --poll-interval 500ms|--clients 1 --rate 100 --writers 1 --duration 20s"
+  "one_x_100cps_wal|--source notify --capture wal|--clients 1 --rate 100 --writers 1 --duration 20s"
   "idle19000_mixed|--source notify|--idle --clients 19000 --ws-share 0.5 --procs 2 --duration 10s --connect-timeout 60s --source-addrs 32"
 )
 # Run only when named with --only (ten minutes each): the soak of issue 5's targets.
@@ -80,7 +81,7 @@ fi
 
 # A throwaway cluster for the load scenarios.
 . scripts/cluster.sh
-start_cluster rowcast-load -c "fsync=${PG_FSYNC:-on}"
+start_cluster rowcast-load -c "fsync=${PG_FSYNC:-on}" -c wal_level=logical -c max_replication_slots=8 -c max_wal_senders=8
 GATEWAY_PID=""
 cleanup() {
   if [ -n "$GATEWAY_PID" ]; then kill "$GATEWAY_PID" 2>/dev/null || true; wait "$GATEWAY_PID" 2>/dev/null || true; fi

@@ -66,15 +66,19 @@ impl Gateway {
         let deadline = Deadline::after(STARTUP_DEADLINE);
         startup::prepare_schema(&target, &config, &deadline).await?;
         let client = deadline.connect(&target).await?;
-        let (head, catalog) = deadline
+        let (head, catalog, mode) = deadline
             .step(&target, Waiting::FirstQuery, async {
                 Ok((
                     changes::head(&client).await?,
                     changes::catalog(&client).await?,
+                    capture::switch::mode(&client).await,
                 ))
             })
             .await?;
         drop(client);
+        if config.capture == CaptureMode::Trigger && matches!(mode, Ok(CaptureMode::Wal)) {
+            tracing::warn!("the database is in WAL capture mode: this gateway (--capture trigger) serves changes but does not capture them; run a gateway with --capture wal, or `rowcast capture trigger`");
+        }
 
         let log = Arc::new(EventLog::new(config.ring_capacity, head));
         let hub = Hub::new();
