@@ -295,6 +295,8 @@ impl Stream<'_> {
         let mut txn: Option<Txn> = None;
         let mut held: Option<ReplicationEvent> = None;
         let mut confirmed = self.applied;
+        // The server's WAL end as last reported, for the lag gauge.
+        let mut server_end = self.applied;
         loop {
             let event = match held.take() {
                 Some(event) => event,
@@ -314,27 +316,31 @@ impl Stream<'_> {
                         committed_at: apply::commit_time(commit_time_micros),
                     });
                 }
-                ReplicationEvent::XLogData { data, .. } => match self.decoder.decode(data)? {
-                    Decoded::Relation(desc) => {
-                        let shape =
-                            deadline("a table shape", Shape::prepare(self.client, &desc)).await??;
-                        self.shapes.insert(desc.oid, Arc::new(shape));
-                    }
-                    Decoded::Change(change) => {
-                        let Some(current) = txn.as_ref() else {
-                            return Err(CaptureError::Decode(
-                                "a change outside a transaction".into(),
-                            ));
-                        };
-                        if !current.skip {
-                            self.push(change, current.committed_at)?;
-                            if self.pending.len() >= CHUNK {
-                                self.flush_chunk().await?;
+                ReplicationEvent::XLogData { data, wal_end, .. } => {
+                    server_end = server_end.max(wal_end.0);
+                    match self.decoder.decode(data)? {
+                        Decoded::Relation(desc) => {
+                            let shape =
+                                deadline("a table shape", Shape::prepare(self.client, &desc))
+                                    .await??;
+                            self.shapes.insert(desc.oid, Arc::new(shape));
+                        }
+                        Decoded::Change(change) => {
+                            let Some(current) = txn.as_ref() else {
+                                return Err(CaptureError::Decode(
+                                    "a change outside a transaction".into(),
+                                ));
+                            };
+                            if !current.skip {
+                                self.push(change, current.committed_at)?;
+                                if self.pending.len() >= CHUNK {
+                                    self.flush_chunk().await?;
+                                }
                             }
                         }
+                        Decoded::Ignored => {}
                     }
-                    Decoded::Ignored => {}
-                },
+                }
                 ReplicationEvent::Commit { lsn, end_lsn, .. } => {
                     let skipped = txn.take().is_none_or(|t| t.skip);
                     if skipped {
@@ -358,10 +364,13 @@ impl Stream<'_> {
                         }
                     }
                     confirmed = self.finish_batch().await?;
+                    self.status
+                        .set_lag_bytes(server_end.saturating_sub(confirmed));
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    server_end = server_end.max(wal_end.0);
                     self.status
-                        .set_lag_bytes(wal_end.0.saturating_sub(confirmed));
+                        .set_lag_bytes(server_end.saturating_sub(confirmed));
                     if txn.is_none()
                         && !self.open
                         && self.pending.is_empty()
