@@ -550,3 +550,57 @@ async fn a_server_without_logical_decoding_is_refused_loudly_and_triggers_keep_c
     assert_eq!(head(&db).await, 1, "the database stayed in trigger mode");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tracked_table_missing_from_the_publication_is_refused_until_tracked_again() {
+    let db = TestDb::new();
+    let server = TestServer::start(wal_config(&db)).await;
+    let client = db.client().await;
+    client
+        .batch_execute("ALTER PUBLICATION rowcast DROP TABLE orders")
+        .await
+        .unwrap();
+    let reason = readyz_becomes(&server, 503).await;
+    assert!(
+        reason.contains("orders is not in publication rowcast"),
+        "{reason}"
+    );
+    client
+        .batch_execute("SELECT realtime.track('orders')")
+        .await
+        .unwrap();
+    readyz_becomes(&server, 200).await;
+    insert_order(&client, "published", "again").await;
+    server.caught_up(&db).await;
+    assert!(server.gateway.log.head() >= 1, "captured again");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_role_without_replication_is_refused_loudly() {
+    let db = TestDb::new();
+    let role = format!("norepl_{}", db.name);
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN NOREPLICATION;
+             GRANT ALL ON SCHEMA realtime, public TO {role};
+             GRANT ALL ON ALL TABLES IN SCHEMA realtime, public TO {role};
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA realtime, public TO {role};
+             SELECT realtime.ensure_publication();"
+        ))
+        .await
+        .unwrap();
+    let url = db.url.replacen("://rowcast@", &format!("://{role}@"), 1);
+    let config = rowcast::config::Config {
+        database: rowcast::config::Database::Target(Box::new(
+            rowcast::pg::DbTarget::from_url(&url).unwrap(),
+        )),
+        migrate: false,
+        ..wal_config(&db)
+    };
+    let server = TestServer::start(config).await;
+    let reason = readyz_becomes(&server, 503).await;
+    assert!(reason.contains("REPLICATION"), "{reason}");
+    server.shutdown().await;
+}

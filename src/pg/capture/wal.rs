@@ -51,6 +51,9 @@ pub const CHUNK: usize = 1000;
 const MAX_BATCH_COMMITS: usize = 1000;
 /// Deadline of each database step (checks, lock, a chunk, a batch's commit).
 const DB_DEADLINE: Duration = Duration::from_secs(30);
+/// How often a streaming capturer re-runs the checks (a table dropped from the
+/// publication, a switch back to trigger mode).
+const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the position is confirmed to the server (also on an idle stream).
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// Decoded messages buffered between the socket and the capturer: bounded memory.
@@ -166,6 +169,7 @@ impl Capturer {
             .map_err(|err| refusal_of(err, &self.slot))?;
         Stream {
             client,
+            slot: &self.slot,
             stream,
             status: &self.status,
             applied,
@@ -183,40 +187,48 @@ impl Capturer {
     /// Whether WAL capture should run (the database is in WAL mode), or the refusal
     /// that stops it.
     async fn check(&self, client: &Client) -> Result<bool, CaptureError> {
-        switch::check_wal_level(client).await?;
-        if switch::mode(client).await? != CaptureMode::Wal {
-            return Ok(false);
+        check(client, &self.slot).await
+    }
+}
+
+/// Whether WAL capture should run (the database is in WAL mode), or the refusal that
+/// stops it: wal_level, the slot, the publication covering every tracked table.
+async fn check(client: &Client, slot: &str) -> Result<bool, CaptureError> {
+    switch::check_wal_level(client).await?;
+    if switch::mode(client).await? != CaptureMode::Wal {
+        return Ok(false);
+    }
+    let state = client
+        .query_typed_opt(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[(&slot, Type::TEXT)],
+        )
+        .await?;
+    match state {
+        None => return Err(Refusal::SlotMissing(slot.to_owned()).into()),
+        Some(row) if row.get::<_, Option<String>>(0).as_deref() == Some("lost") => {
+            return Err(Refusal::SlotInvalidated(slot.to_owned()).into())
         }
-        let slot = client
-            .query_typed_opt(
-                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
-                &[(&self.slot, Type::TEXT)],
-            )
-            .await?;
-        match slot {
-            None => return Err(Refusal::SlotMissing(self.slot.clone()).into()),
-            Some(row) if row.get::<_, Option<String>>(0).as_deref() == Some("lost") => {
-                return Err(Refusal::SlotInvalidated(self.slot.clone()).into())
-            }
-            Some(_) => {}
-        }
-        let unpublished: Option<String> = client
-            .query_typed_opt(
-                "SELECT t.relid::text FROM realtime.tracked t
+        Some(_) => {}
+    }
+    let unpublished: Option<String> = client
+        .query_typed_opt(
+            "SELECT t.relid::text FROM realtime.tracked t
                  WHERE NOT EXISTS (SELECT 1 FROM pg_publication_rel r
                                    JOIN pg_publication p ON p.oid = r.prpubid
                                    WHERE p.pubname = $1 AND r.prrelid = t.relid)
                  ORDER BY 1 LIMIT 1",
-                &[(&PUBLICATION, Type::TEXT)],
-            )
-            .await?
-            .map(|row| row.get(0));
-        if let Some(table) = unpublished {
-            return Err(Refusal::NotPublished(table).into());
-        }
-        Ok(true)
+            &[(&PUBLICATION, Type::TEXT)],
+        )
+        .await?
+        .map(|row| row.get(0));
+    if let Some(table) = unpublished {
+        return Err(Refusal::NotPublished(table).into());
     }
+    Ok(true)
+}
 
+impl Capturer {
     /// The replication client's settings from the capture URL.
     fn replication_config(&self) -> Result<ReplicationConfig, CaptureError> {
         let config = self.capture.driver_config();
@@ -262,6 +274,8 @@ struct Stream<'a> {
     /// The lock-holding connection, which also applies batches: if it dies, the lock
     /// and the open batch go together.
     client: &'a Client,
+    /// The slot, for the periodic checks.
+    slot: &'a str,
     /// The replication stream.
     stream: ReplicationClient,
     /// Metrics.
@@ -297,12 +311,23 @@ impl Stream<'_> {
         let mut confirmed = self.applied;
         // The server's WAL end as last reported, for the lag gauge.
         let mut server_end = self.applied;
+        let mut checks =
+            tokio::time::interval_at(tokio::time::Instant::now() + CHECK_INTERVAL, CHECK_INTERVAL);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let event = match held.take() {
                 Some(event) => event,
-                None => match self.stream.recv().await? {
-                    Some(event) => event,
-                    None => return Ok(()),
+                None => tokio::select! {
+                    next = self.stream.recv() => match next? {
+                        Some(event) => event,
+                        None => return Ok(()),
+                    },
+                    _ = checks.tick() => {
+                        if !deadline("capture checks", check(self.client, self.slot)).await?? {
+                            return Ok(());
+                        }
+                        continue;
+                    }
                 },
             };
             match event {
