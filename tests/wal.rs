@@ -604,3 +604,41 @@ async fn a_role_without_replication_is_refused_loudly() {
     assert!(reason.contains("REPLICATION"), "{reason}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn switching_back_to_triggers_with_no_capturer_running_drains_the_slot_itself() {
+    let db = TestDb::new();
+    let replica = Replica::start(&db);
+    wal_mode(&db).await;
+    replica.stop().await;
+    let client = db.client().await;
+    for n in 0..20 {
+        insert_order(&client, "while no capturer runs", &format!("p{n}")).await;
+    }
+    assert_eq!(head(&db).await, 0, "nothing captured yet");
+    switch_with_the_cli(&db, "trigger").await;
+    insert_order(&client, "by the trigger", "after").await;
+
+    let captured: Vec<String> = client
+        .query(
+            "SELECT row->>'customer_name' FROM realtime.change_log ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(captured.len(), 21, "{captured:?}");
+    assert!(captured[..20].iter().all(|c| c == "while no capturer runs"));
+    assert_eq!(captured[20], "by the trigger");
+    let slots: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "the slot is dropped, holding no WAL");
+}
