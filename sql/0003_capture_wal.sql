@@ -17,7 +17,11 @@ CREATE TABLE IF NOT EXISTS realtime.capture_state (
     -- When capture last resumed on a new slot after the old one was lost: the WAL
     -- between them was never decoded, so positions before it get `reset`
     -- (realtime.retention.pruned_upto is raised to the head at that moment).
-    recaptured_at timestamptz
+    recaptured_at timestamptz,
+    -- Set while a tracked table is seen missing from the publication: its changes in
+    -- that time are never decoded, so when it is published again positions before
+    -- that moment get `reset` (realtime.close_gap).
+    gap_open    boolean NOT NULL DEFAULT false
 );
 INSERT INTO realtime.capture_state (singleton) VALUES (true) ON CONFLICT DO NOTHING;
 
@@ -171,5 +175,20 @@ BEGIN
     SET pruned_upto = greatest(pruned_upto, nextval('realtime.change_log_id_seq'));
     UPDATE realtime.capture_state
     SET applied_lsn = consistent_point, recaptured_at = now();
+END
+$$;
+
+-- A tracked table was published again after a gap (see capture_state.gap_open): every
+-- position up to now gets `reset`, as after a recapture. Returns whether a gap closed.
+CREATE OR REPLACE FUNCTION realtime.close_gap() RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE realtime.capture_state SET gap_open = false WHERE gap_open;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE realtime.retention
+    SET pruned_upto = greatest(pruned_upto, nextval('realtime.change_log_id_seq'));
+    RETURN true;
 END
 $$;

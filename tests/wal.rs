@@ -556,6 +556,9 @@ async fn a_tracked_table_missing_from_the_publication_is_refused_until_tracked_a
     let db = TestDb::new();
     let server = TestServer::start(wal_config(&db)).await;
     let client = db.client().await;
+    insert_order(&client, "before", "the gap").await;
+    server.caught_up(&db).await;
+    let head_before = head(&db).await;
     client
         .batch_execute("ALTER PUBLICATION rowcast DROP TABLE orders")
         .await
@@ -570,9 +573,14 @@ async fn a_tracked_table_missing_from_the_publication_is_refused_until_tracked_a
         .await
         .unwrap();
     readyz_becomes(&server, 200).await;
+    let pruned = rowcast::pg::changes::pruned_upto(&client).await.unwrap();
+    assert!(
+        pruned > head_before as u64,
+        "positions up to the gap ({head_before}) get reset, horizon {pruned}"
+    );
     insert_order(&client, "published", "again").await;
     server.caught_up(&db).await;
-    assert!(server.gateway.log.head() >= 1, "captured again");
+    assert!(server.gateway.log.head() > pruned, "captured again");
     server.shutdown().await;
 }
 

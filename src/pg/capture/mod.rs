@@ -68,7 +68,7 @@ pub enum Refusal {
     #[error("replication slot {0:?} was invalidated (its WAL was removed, see max_slot_wal_keep_size); run `rowcast capture wal` to recapture (clients behind that point get `reset`)")]
     SlotInvalidated(String),
     /// A tracked table is not in the publication, so its changes would be missed.
-    #[error("tracked table {0} is not in publication rowcast; run SELECT realtime.track('{0}')")]
+    #[error("tracked table {0} is not in publication rowcast, so its changes are not captured; run SELECT realtime.track('{0}') (clients behind that point then get `reset`)")]
     NotPublished(String),
 }
 

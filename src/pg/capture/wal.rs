@@ -223,7 +223,17 @@ async fn check(client: &Client, slot: &str) -> Result<bool, CaptureError> {
         .await?
         .map(|row| row.get(0));
     if let Some(table) = unpublished {
+        client
+            .batch_execute("UPDATE realtime.capture_state SET gap_open = true WHERE NOT gap_open")
+            .await?;
         return Err(Refusal::NotPublished(table).into());
+    }
+    let closed: bool = client
+        .query_typed_one("SELECT realtime.close_gap()", &[])
+        .await?
+        .get(0);
+    if closed {
+        tracing::warn!("every tracked table is published again: changes made while one was not were never decoded, so clients behind this point get `reset`");
     }
     Ok(true)
 }
