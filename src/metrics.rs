@@ -167,6 +167,9 @@ pub struct Metrics {
     pub delivered_sse: Counter,
     /// Times the source reconnected after losing the database.
     pub db_reconnects: Counter,
+    /// Reads of `change_log` by the source: every replica's reads cost the database,
+    /// so this against `events_captured` shows how many events each read carries.
+    pub catchup_queries: Counter,
     /// Reads of the tracked tables and columns (periodic, on a doorbell, on a stream
     /// naming one the copy lacks): shows that a flood of bad requests is absorbed.
     pub catalog_reads: Counter,
@@ -202,6 +205,7 @@ impl Default for Metrics {
             delivered_ws: Counter::default(),
             delivered_sse: Counter::default(),
             db_reconnects: Counter::default(),
+            catchup_queries: Counter::default(),
             catalog_reads: Counter::default(),
             lagging_disconnects: Counter::default(),
             limit_rejections: std::array::from_fn(|_| Counter::default()),
@@ -333,6 +337,11 @@ impl Metrics {
                 "rowcast_db_reconnects_total",
                 "Source reconnections after losing the database.",
                 &self.db_reconnects,
+            ),
+            (
+                "rowcast_catchup_queries_total",
+                "Reads of realtime.change_log by the source.",
+                &self.catchup_queries,
             ),
             (
                 "rowcast_catalog_reads_total",

@@ -6,13 +6,15 @@
 //! two, and behind a pooler in transaction mode (PgBouncer before 1.21, or without
 //! `max_prepared_statements`) the second may reach another server connection, which
 //! fails with `prepared statement "sN" does not exist`. The source, retention and
-//! start-up therefore work through such a pooler.
+//! start-up therefore work through such a pooler. The one exception is the source's
+//! read in notify mode ([`read_after_prepared`]): there LISTEN has proved a session
+//! of its own, and the read runs on every wake-up of every replica.
 
 use std::sync::Arc;
 
 use serde_json::Value;
 use tokio_postgres::types::{Json, Type};
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::{Client, GenericClient, Row, Statement};
 
 use super::{DbError, Pool};
 use crate::event::{ChangeRecord, Event};
@@ -59,8 +61,35 @@ pub async fn read_after(
     let rows = client
         .query_typed(READ_AFTER, &[(&cursor, Type::INT8), (&limit, Type::INT8)])
         .await?;
+    Ok(events_of(&rows))
+}
+
+/// [`read_after`] through `statement`, [`READ_AFTER`] prepared on `client`: on a
+/// connection that keeps its session (no pooler in transaction mode), this skips the
+/// parse, analysis and planning that are most of PostgreSQL's cost of a small read —
+/// the cost every replica pays on every wake-up.
+pub async fn read_after_prepared(
+    client: &Client,
+    statement: &Statement,
+    cursor: u64,
+    limit: i64,
+) -> Result<Vec<Arc<Event>>, DbError> {
+    let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+    let rows = client.query(statement, &[&cursor, &limit]).await?;
+    Ok(events_of(&rows))
+}
+
+/// Prepares [`READ_AFTER`] on `client`, for [`read_after_prepared`].
+pub async fn prepare_read_after(client: &Client) -> Result<Statement, DbError> {
+    Ok(client
+        .prepare_typed(READ_AFTER, &[Type::INT8, Type::INT8])
+        .await?)
+}
+
+/// The events of [`READ_AFTER`]'s rows.
+fn events_of(rows: &[Row]) -> Vec<Arc<Event>> {
     let mut events = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let event = record_of(row)
             .map_err(|e| e.to_string())
             .and_then(|record| Event::from_record(record).map_err(|e| e.to_string()));
@@ -69,7 +98,7 @@ pub async fn read_after(
             Err(err) => tracing::error!(%err, "skipping a change_log row"),
         }
     }
-    Ok(events)
+    events
 }
 
 /// The newest id that ever existed (see [`HEAD`]).

@@ -3,14 +3,19 @@
 //! NOTIFY is only a doorbell: whatever woke it (a notification, a poll tick, a
 //! reconnect), the source runs the same query, `WHERE id > cursor ORDER BY id LIMIT n`,
 //! so every mode yields the same ids and nothing depends on NOTIFY payloads.
+//!
+//! What a read costs is paid by every replica, so the source reads no more than it
+//! must: one read per wake-up however many doorbells rang before it was sent (their
+//! commits are all visible to it), and in notify mode through a statement prepared
+//! once per connection (see [`changes::read_after_prepared`]).
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres::{AsyncMessage, Client, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::CatalogCache;
@@ -189,7 +194,7 @@ impl Source {
             .with_application_name(SOURCE_APPLICATION_NAME)
             .connect()
             .await?;
-        let doorbell = Arc::new(Notify::new());
+        let doorbell = Arc::new(Doorbell::default());
         let lost = CancellationToken::new();
         let driver = {
             let doorbell = Arc::clone(&doorbell);
@@ -199,7 +204,7 @@ impl Source {
             tokio::spawn(async move {
                 loop {
                     match poll_fn(|cx| connection.poll_message(cx)).await {
-                        Some(Ok(AsyncMessage::Notification(_))) => doorbell.notify_one(),
+                        Some(Ok(AsyncMessage::Notification(_))) => doorbell.ring(),
                         Some(Ok(_)) => {}
                         Some(Err(err)) => {
                             tracing::debug!(%err, "source connection failed");
@@ -221,6 +226,13 @@ impl Source {
         self.metrics
             .source_polling
             .set(i64::from(mode == SourceMode::Poll));
+        // LISTEN working proves the connection keeps its session (a pooler in
+        // transaction mode fails the probe), so a named statement stays where it was
+        // prepared. Polling may be behind such a pooler: it keeps one-round-trip reads.
+        let statement = match mode {
+            SourceMode::Notify => Some(with_timeout(changes::prepare_read_after(&client)).await?),
+            _ => None,
+        };
         self.refresh_catalog(&client).await?;
         if *connected_before {
             self.metrics.db_reconnects.inc();
@@ -236,10 +248,13 @@ impl Source {
         };
         let mut last_read;
         loop {
-            // Read until caught up; a full batch means there may be more.
+            // Read until caught up; a full batch means there may be more. Doorbells
+            // heard before a read is sent are answered by it.
+            let mut answered;
             loop {
                 last_read = Instant::now();
-                let read = self.read_batch(&client).await?;
+                answered = doorbell.rung();
+                let read = self.read_batch(&client, statement.as_ref()).await?;
                 if !self.status.is_live() {
                     self.status.set_live(true);
                     *backoff = BACKOFF_START;
@@ -259,7 +274,7 @@ impl Source {
                         reason: "connection closed".into(),
                     });
                 }
-                _ = doorbell.notified(), if mode == SourceMode::Notify => {
+                _ = doorbell.rung_after(answered), if mode == SourceMode::Notify => {
                     let wait = self.coalesce.saturating_sub(last_read.elapsed());
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
@@ -271,7 +286,11 @@ impl Source {
     }
 
     /// Chooses notify or poll for this connection.
-    async fn decide_mode(&self, client: &Client, doorbell: &Notify) -> Result<SourceMode, DbError> {
+    async fn decide_mode(
+        &self,
+        client: &Client,
+        doorbell: &Doorbell,
+    ) -> Result<SourceMode, DbError> {
         if self.mode == SourceMode::Poll {
             return Ok(SourceMode::Poll);
         }
@@ -290,7 +309,7 @@ impl Source {
         // ring the doorbell and see. It must ring from another connection, the way
         // writers do: a session hears its own NOTIFY, and a pooler hands that one back
         // to the client that sent it, so a probe from this connection always succeeds.
-        let heard = doorbell.notified();
+        let heard = doorbell.rung_after(doorbell.rung());
         let ringer = with_timeout(self.target.connect_spawned()).await?;
         with_timeout(ringer.batch_execute(&format!("NOTIFY {CHANNEL}, 'probe'"))).await?;
         drop(ringer);
@@ -307,9 +326,20 @@ impl Source {
     }
 
     /// Reads one batch after the head into the log; returns how many rows came.
-    async fn read_batch(&self, client: &Client) -> Result<usize, DbError> {
+    async fn read_batch(
+        &self,
+        client: &Client,
+        statement: Option<&Statement>,
+    ) -> Result<usize, DbError> {
         let started = std::time::SystemTime::now();
-        let events = with_timeout(changes::read_after(client, self.log.head(), BATCH)).await?;
+        self.metrics.catchup_queries.inc();
+        let head = self.log.head();
+        let events = match statement {
+            Some(statement) => {
+                with_timeout(changes::read_after_prepared(client, statement, head, BATCH)).await?
+            }
+            None => with_timeout(changes::read_after(client, head, BATCH)).await?,
+        };
         let count = events.len();
         match events.last() {
             Some(newest) => {
@@ -349,6 +379,45 @@ async fn with_timeout<T, E: Into<DbError>>(
             target: "the source connection".into(),
             reason: format!("no answer within {QUERY_TIMEOUT:?}"),
         }),
+    }
+}
+
+/// Notifications heard on the source's connection, counted. A notification received
+/// before a read was sent is for a commit that read sees (PostgreSQL delivers it only
+/// once the commit is visible), so the source waits for one counted after its last
+/// read was sent, not for every one: a burst of doorbells costs one read, not one
+/// read each plus an empty one.
+#[derive(Debug, Default)]
+struct Doorbell {
+    /// Notifications so far; only ever grows.
+    rung: AtomicU64,
+    /// Wakes the source when `rung` grows.
+    notify: Notify,
+}
+
+impl Doorbell {
+    /// Counts one notification (the connection's driver calls it, in message order).
+    fn ring(&self) {
+        self.rung.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+
+    /// Notifications so far.
+    fn rung(&self) -> u64 {
+        self.rung.load(Ordering::Acquire)
+    }
+
+    /// Returns once more than `seen` notifications have been counted.
+    async fn rung_after(&self, seen: u64) {
+        loop {
+            // A permit left by a notification already answered wakes this once; the
+            // count then sends it back to waiting.
+            let notified = self.notify.notified();
+            if self.rung() > seen {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
