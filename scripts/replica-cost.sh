@@ -6,6 +6,7 @@
 #                      run are counted through the postmaster's cutime+cstime)
 #   replica_us/commit  CPU of one rowcast process (mean over the K)
 #   reads/commit       change_log reads per commit per replica (pg_stat_statements)
+#   rows/read          change_log rows each read returned (empty reads pull it down)
 #   pg_read_us         PostgreSQL's planning + execution time per read
 #   latency_ms         pgbench's average commit latency
 # With several --build NAME=PATH, every K runs each build in turn (alternated in one
@@ -76,8 +77,8 @@ pg_cpu() {
   echo $(( ${12} + ${13} + ${14} + ${15} + $(cpu_of $children) ))
 }
 
-printf '%-10s %3s %6s %9s %12s %17s %12s %11s %10s\n' build K run commits pg_us/commit \
-  replica_us/commit reads/commit pg_read_us latency_ms
+printf '%-10s %3s %4s %8s %12s %17s %12s %9s %10s %10s\n' build K run commits pg_us/commit \
+  replica_us/commit reads/commit rows/read pg_read_us latency_ms
 largest=$(echo $REPLICAS | tr ' ' '\n' | sort -n | tail -1)
 for k in $REPLICAS; do
   for run in $(seq "$RUNS"); do
@@ -117,14 +118,15 @@ for k in $REPLICAS; do
       commits=$(echo "$out" | awk '/number of transactions actually processed/ {print $6}')
       latency=$(echo "$out" | awk '/latency average/ {print $4}')
       reads=$(psql -At "$URL" -c "SELECT coalesce(sum(calls), 0) || ' ' ||
+          coalesce(round(sum(rows)::numeric / nullif(sum(calls), 0), 2), 0) || ' ' ||
           coalesce(round(sum(total_exec_time + total_plan_time)::numeric * 1000 / nullif(sum(calls), 0), 1), 0)
         FROM pg_stat_statements WHERE query LIKE '%FROM realtime.change_log%WHERE id >%'")
-      read_calls=${reads% *}
+      read -r read_calls read_rows read_us <<<"$reads"
       awk -v name="$name" -v k="$k" -v run="$run" -v c="$commits" -v pg=$((pg_after - pg_before)) \
-        -v rc=$((rc_after - rc_before)) -v tick="$TICK_US" -v reads="$read_calls" -v read_us="${reads#* }" \
+        -v rc=$((rc_after - rc_before)) -v tick="$TICK_US" -v reads="$read_calls" -v rows="$read_rows" -v read_us="$read_us" \
         -v lat="$latency" 'BEGIN {
-          printf "%-10s %3d %6d %9d %12.0f %17.0f %12.2f %11s %10s\n", name, k, run, c,
-            pg * tick / c, rc * tick / k / c, reads / k / c, read_us, lat }'
+          printf "%-10s %3d %4d %8d %12.0f %17.0f %12.2f %9s %10s %10s\n", name, k, run, c,
+            pg * tick / c, rc * tick / k / c, reads / k / c, rows, read_us, lat }'
       for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
       for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
       PIDS=()

@@ -99,6 +99,40 @@ async fn metrics_count_connections_deliveries_and_responses() {
 }
 
 #[tokio::test]
+async fn the_source_counts_its_reads_and_one_read_carries_a_whole_transaction() {
+    let db = TestDb::new();
+    let server = TestServer::start(db.config()).await;
+    let mut sse = SseClient::connect(server.addr, "", &[]).await;
+    sse.until_ready().await;
+    let reads = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("rowcast_catchup_queries_total "))
+            .unwrap_or_else(|| panic!("no rowcast_catchup_queries_total\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let before = reads(&http(server.addr, "GET", "/metrics", &[], None).await.body);
+    assert!(before >= 1, "the source read at start-up");
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO orders (customer_name, product_name)
+             SELECT 'bulk', 'p' || n FROM generate_series(1, 200) n",
+        )
+        .await
+        .unwrap();
+    sse.changes(200).await;
+    let after = reads(&http(server.addr, "GET", "/metrics", &[], None).await.body);
+    // One read for the commit; the idle check may add one every 2 s.
+    assert!(
+        (1..=3).contains(&(after - before)),
+        "200 rows in one commit took {} reads",
+        after - before
+    );
+}
+
+#[tokio::test]
 async fn connections_past_the_limit_get_a_clean_503() {
     let db = TestDb::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

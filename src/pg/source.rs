@@ -428,3 +428,36 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn doorbells_rung_before_a_read_do_not_wake_the_source_after_it() {
+        let doorbell = Doorbell::default();
+        doorbell.ring();
+        doorbell.ring();
+        let answered = doorbell.rung();
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(50), doorbell.rung_after(answered));
+        assert!(
+            waiting.await.is_err(),
+            "woke for doorbells already answered"
+        );
+        doorbell.ring();
+        tokio::time::timeout(Duration::from_secs(5), doorbell.rung_after(answered))
+            .await
+            .expect("a doorbell after the read wakes the source");
+    }
+
+    #[tokio::test]
+    async fn a_doorbell_rung_while_nobody_waits_is_not_lost() {
+        let doorbell = Doorbell::default();
+        let answered = doorbell.rung();
+        doorbell.ring();
+        tokio::time::timeout(Duration::from_secs(5), doorbell.rung_after(answered))
+            .await
+            .expect("the doorbell rung before the wait began wakes it");
+    }
+}
