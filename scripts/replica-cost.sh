@@ -15,7 +15,10 @@
 # Usage: scripts/replica-cost.sh [--seconds 15] [--rate 500] [--replicas "1 4 8"]
 #          [--runs 1] [--build NAME=PATH]... [--perf DIR] [-- rowcast flags…]
 #   --perf DIR   also record `perf record -a -g` during the largest K of the first
-#                build and write DIR/postgres.txt and DIR/rowcast.txt (top symbols)
+#                build and write DIR/postgres.txt and DIR/rowcast.txt (top symbols of
+#                this cluster's postgres processes and of the replicas, selected by
+#                pid: other PostgreSQL servers and tokio programs on the machine share
+#                the command names)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=15
@@ -110,8 +113,16 @@ for k in $REPLICAS; do
         perf record -q -a -g -F 499 -o "$PERF_DIR/perf.data" -- sleep "$SECONDS_PER_RUN" 2>/dev/null &
         perf_pid=$!
       fi
-      out=$("$BIN/pgbench" -n -h 127.0.0.1 -p "$PORT" -U rowcast -c 4 -j 1 -R "$RATE" \
-        -T "$SECONDS_PER_RUN" -f "$DIR/insert.sql" postgres 2>/dev/null)
+      "$BIN/pgbench" -n -h 127.0.0.1 -p "$PORT" -U rowcast -c 4 -j 1 -R "$RATE" \
+        -T "$SECONDS_PER_RUN" -f "$DIR/insert.sql" postgres >"$DIR/pgbench.out" 2>/dev/null &
+      pgbench=$!
+      if [ -n "$perf_pid" ]; then
+        sleep 1
+        echo "$POSTMASTER $(pgrep -P "$POSTMASTER" | tr '\n' ' ')" | tr ' ' '\n' | grep . | paste -sd, >"$PERF_DIR/postgres.pids"
+        printf '%s\n' "${replicas[@]}" | paste -sd, >"$PERF_DIR/rowcast.pids"
+      fi
+      wait "$pgbench"
+      out=$(cat "$DIR/pgbench.out")
       pg_after=$(pg_cpu)
       rc_after=$(cpu_of "${replicas[@]}")
       [ -z "$perf_pid" ] || wait "$perf_pid"
@@ -134,9 +145,10 @@ for k in $REPLICAS; do
   done
 done
 if [ -n "$PERF_DIR" ] && [ -f "$PERF_DIR/perf.data" ]; then
-  perf report -i "$PERF_DIR/perf.data" --no-children --comm postgres --sort sym \
-    --stdio -g none --percent-limit 1 2>/dev/null | grep -v '^$' | head -60 >"$PERF_DIR/postgres.txt"
-  perf report -i "$PERF_DIR/perf.data" --no-children --comm rowcast,tokio-runtime-w --sort sym \
-    --stdio -g none --percent-limit 1 2>/dev/null | grep -v '^$' | head -60 >"$PERF_DIR/rowcast.txt"
+  for who in postgres rowcast; do
+    perf report -i "$PERF_DIR/perf.data" --no-children --pid "$(cat "$PERF_DIR/$who.pids")" \
+      --sort sym --stdio -g none --percentage relative --percent-limit 0.5 2>/dev/null \
+      | grep -v '^$' | head -70 >"$PERF_DIR/$who.txt"
+  done
   echo "profiles: $PERF_DIR/postgres.txt $PERF_DIR/rowcast.txt"
 fi
