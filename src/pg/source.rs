@@ -19,7 +19,6 @@ use tokio_postgres::{AsyncMessage, Client, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::CatalogCache;
-use super::connect::PgConnection;
 use super::{changes, DbError, DbTarget};
 use crate::filter::Catalog;
 use crate::hub::Hub;
@@ -195,29 +194,31 @@ impl Source {
             .with_application_name(SOURCE_APPLICATION_NAME)
             .connect()
             .await?;
-        let doorbell = Doorbell::default();
-        // A spawned `Connection` drops notifications; polling its messages ourselves
-        // both drives it and receives them. It is driven here, in the task that reads,
-        // so a notification or a read's answer wakes one task rather than two (the
-        // cross-thread wake-ups were most of a replica's CPU per commit).
-        tokio::select! {
-            outcome = self.serve(&client, &doorbell, backoff, connected_before) => outcome,
-            lost = drive(&mut connection, &doorbell) => Err(DbError::Unreachable {
-                target: self.target.to_string(),
-                reason: lost,
-            }),
-        }
-    }
+        let doorbell = Arc::new(Doorbell::default());
+        let lost = CancellationToken::new();
+        let driver = {
+            let doorbell = Arc::clone(&doorbell);
+            let lost = lost.clone();
+            // A spawned `Connection` drops notifications; polling messages ourselves
+            // both drives the connection and receives them.
+            tokio::spawn(async move {
+                loop {
+                    match poll_fn(|cx| connection.poll_message(cx)).await {
+                        Some(Ok(AsyncMessage::Notification(_))) => doorbell.ring(),
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => {
+                            tracing::debug!(%err, "source connection failed");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                lost.cancel();
+            })
+        };
+        let _abort_driver = AbortOnDrop(driver);
 
-    /// Reads on a connected client until it fails; `doorbell` counts its notifications.
-    async fn serve(
-        &self,
-        client: &Client,
-        doorbell: &Doorbell,
-        backoff: &mut Duration,
-        connected_before: &mut bool,
-    ) -> Result<(), DbError> {
-        let mode = self.decide_mode(client, doorbell).await?;
+        let mode = self.decide_mode(&client, &doorbell).await?;
         self.status.mode.store(
             if mode == SourceMode::Notify { 1 } else { 2 },
             Ordering::Relaxed,
@@ -229,10 +230,10 @@ impl Source {
         // transaction mode fails the probe), so a named statement stays where it was
         // prepared. Polling may be behind such a pooler: it keeps one-round-trip reads.
         let statement = match mode {
-            SourceMode::Notify => Some(with_timeout(changes::prepare_read_after(client)).await?),
+            SourceMode::Notify => Some(with_timeout(changes::prepare_read_after(&client)).await?),
             _ => None,
         };
-        self.refresh_catalog(client).await?;
+        self.refresh_catalog(&client).await?;
         if *connected_before {
             self.metrics.db_reconnects.inc();
         }
@@ -253,7 +254,7 @@ impl Source {
             loop {
                 last_read = Instant::now();
                 answered = doorbell.rung();
-                let read = self.read_batch(client, statement.as_ref()).await?;
+                let read = self.read_batch(&client, statement.as_ref()).await?;
                 if !self.status.is_live() {
                     self.status.set_live(true);
                     *backoff = BACKOFF_START;
@@ -263,10 +264,16 @@ impl Source {
                 }
             }
             if last_catalog.elapsed() >= CATALOG_REFRESH {
-                self.refresh_catalog(client).await?;
+                self.refresh_catalog(&client).await?;
                 last_catalog = Instant::now();
             }
             tokio::select! {
+                _ = lost.cancelled() => {
+                    return Err(DbError::Unreachable {
+                        target: self.target.to_string(),
+                        reason: "connection closed".into(),
+                    });
+                }
                 _ = doorbell.rung_after(answered), if mode == SourceMode::Notify => {
                     let wait = self.coalesce.saturating_sub(last_read.elapsed());
                     if !wait.is_zero() {
@@ -414,18 +421,11 @@ impl Doorbell {
     }
 }
 
-/// Polls the connection's messages, counting notifications, until it ends; returns why.
-async fn drive(connection: &mut PgConnection, doorbell: &Doorbell) -> String {
-    loop {
-        match poll_fn(|cx| connection.poll_message(cx)).await {
-            Some(Ok(AsyncMessage::Notification(_))) => doorbell.ring(),
-            Some(Ok(_)) => {}
-            Some(Err(err)) => {
-                tracing::debug!(%err, "source connection failed");
-                return err.to_string();
-            }
-            None => return "connection closed".into(),
-        }
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
