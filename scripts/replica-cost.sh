@@ -122,6 +122,9 @@ for k in $REPLICAS; do
         printf '%s\n' "${replicas[@]}" | paste -sd, >"$PERF_DIR/rowcast.pids"
       fi
       wait "$pgbench"
+      # Let pgbench's backends exit and be reaped, so that their time is in the
+      # postmaster's cutime rather than in neither (an exiting process's stat).
+      sleep 0.5
       out=$(cat "$DIR/pgbench.out")
       pg_after=$(pg_cpu)
       rc_after=$(cpu_of "${replicas[@]}")
