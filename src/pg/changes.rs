@@ -67,7 +67,10 @@ pub async fn read_after(
 /// [`read_after`] through `statement`, [`READ_AFTER`] prepared on `client`: on a
 /// connection that keeps its session (no pooler in transaction mode), this skips the
 /// parse, analysis and planning that are most of PostgreSQL's cost of a small read —
-/// the cost every replica pays on every wake-up.
+/// the cost every replica pays on every wake-up. Should a migration change
+/// `change_log`'s columns under a running replica, PostgreSQL fails the statement
+/// ("cached plan must not change result type") and the source reconnects, which
+/// prepares it again.
 pub async fn read_after_prepared(
     client: &Client,
     statement: &Statement,
