@@ -1,6 +1,7 @@
 # Sourced by the benchmark scripts: a throwaway PostgreSQL cluster started from the
 # machine's binaries (Debian keeps them in /usr/lib/postgresql/*/bin), migrated with
-# rowcast (build target/release/rowcast first), stopped and removed on exit.
+# rowcast (build target/release/rowcast first, or set ROWCAST_BIN to another build),
+# stopped and removed on exit.
 #
 #   start_cluster NAME [-c option=value …]   sets BIN, DIR, PORT and URL; the cluster's
 #                                            log is $DIR/pg.log
@@ -25,7 +26,7 @@ start_cluster() {
     -o "-p $PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=100 $*" \
     start >/dev/null
   URL="postgres://rowcast@127.0.0.1:$PORT/postgres?sslmode=disable"
-  target/release/rowcast migrate --database-url "$URL" >/dev/null
+  "${ROWCAST_BIN:-target/release/rowcast}" migrate --database-url "$URL" >/dev/null
 }
 
 stop_cluster() {

@@ -44,7 +44,9 @@ if [ ${#BUILDS[@]} -eq 0 ]; then
   cargo build --release -q
   BUILDS=("current=target/release/rowcast")
 fi
-[ -x target/release/rowcast ] || cargo build --release -q
+# The cluster is migrated by the first build.
+ROWCAST_BIN=${BUILDS[0]#*=}
+export ROWCAST_BIN
 
 . scripts/cluster.sh
 PIDS=()
