@@ -110,9 +110,17 @@ fn model(record: &ChangeRecord) -> std::result::Result<Op, EventError> {
             id: record.id,
             op: record.op.clone(),
         })?;
-    match (&record.row, op) {
-        (_, Op::Truncate) | (None | Some(Value::Null | Value::Object(_)), _) => Ok(op),
-        _ => Err(EventError::BadRow(record.id)),
+    let row_ok = matches!(
+        (&record.row, op),
+        (_, Op::Truncate) | (None | Some(Value::Null | Value::Object(_)), _)
+    );
+    // Live views judge an UPDATE on its old row too, so that image must be an object.
+    let old_ok =
+        op != Op::Update || matches!(record.old, None | Some(Value::Null | Value::Object(_)));
+    if row_ok && old_ok {
+        Ok(op)
+    } else {
+        Err(EventError::BadRow(record.id))
     }
 }
 

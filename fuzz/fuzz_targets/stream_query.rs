@@ -313,8 +313,14 @@ fn matches(model: &Model, event: &Event) -> bool {
     if event.op == Op::Truncate {
         return true;
     }
+    // A live view delivers an UPDATE when either image matches (enter, leave or both).
+    let old_matches = event.op == Op::Update && row_matches(model, event.old.as_ref());
+    row_matches(model, event.row.as_ref()) || old_matches
+}
+
+fn row_matches(model: &Model, row: Option<&serde_json::Map<String, Value>>) -> bool {
     model.filters.iter().all(|(column, test)| {
-        let Some(value) = event.row.as_ref().and_then(|row| row.get(column)) else {
+        let Some(value) = row.and_then(|row| row.get(column)) else {
             return false;
         };
         match test {
