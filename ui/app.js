@@ -1,5 +1,9 @@
-// rowcast live orders page: renders the rows and events of a RowcastClient.
-import { RowcastClient, STATUSES, TRANSPORTS, parseId } from '/client.js';
+// rowcast live orders page: a live view of `orders` (the @rowcast/client package,
+// served by the gateway as /rowcast-client.js), filtered on the server by the status
+// tab and the customer search, drawn with virtual scrolling so that 100,000 rows cost
+// what the rows on screen cost. Writes go through the REST API (ui/client.js).
+import { view } from '/rowcast-client.js';
+import { RowcastClient, STATUSES, TRANSPORTS } from '/client.js';
 
 const FEED_MAX = 50;
 const THEME_KEY = 'rowcast-theme';
@@ -44,11 +48,124 @@ $('#theme-toggle').addEventListener('click', () => {
 darkQuery.addEventListener?.('change', applyTheme);
 applyTheme();
 
-// ---- client ------------------------------------------------------------------
+// ---- the view -----------------------------------------------------------------
 
 const params = new URLSearchParams(location.search);
-const requested = params.get('transport');
-const client = new RowcastClient({ transport: TRANSPORTS.includes(requested) ? requested : 'ws' });
+/** REST only (create, edit, delete); the rows come from the live view. */
+const api = new RowcastClient();
+const TABS = ['all', ...STATUSES];
+
+/** What the page shows: transport, status tab and exact customer name (URL-backed). */
+const choice = {
+  transport: TRANSPORTS.includes(params.get('transport')) ? params.get('transport') : 'ws',
+  status: TABS.includes(params.get('status')) ? params.get('status') : 'all',
+  customer: params.get('customer') ?? '',
+};
+
+/** The server-side filters of the current choice (ANDed by the gateway). */
+function filters() {
+  const f = [];
+  if (choice.status !== 'all') f.push(`status=eq.${choice.status}`);
+  if (choice.customer) f.push(`customer_name=eq.${choice.customer}`);
+  return f;
+}
+
+/** The open live view, replaced whenever the choice changes. */
+let live = null;
+/** Order ids of the view, ascending: what the virtual table scrolls over. */
+let sorted = [];
+/** Rows of the view by status, kept in step with enter/update/leave. */
+const counts = { pending: 0, shipped: 0, delivered: 0 };
+let hasBeenLive = false;
+let firstRowMarked = false;
+
+function saveChoice() {
+  const url = new URL(location.href);
+  for (const [k, v] of Object.entries(choice)) {
+    if (v && !(k === 'status' && v === 'all')) url.searchParams.set(k, v);
+    else url.searchParams.delete(k);
+  }
+  history.replaceState(null, '', url);
+}
+
+function openView() {
+  live?.close();
+  const v = view({ url: location.origin, table: 'orders', filter: filters(), transport: choice.transport });
+  live = v;
+  // Events of a view that was replaced are stale: each handler checks it is current.
+  const on = (type, fn) => v.addEventListener(type, (e) => { if (live === v) fn(e.detail); });
+  on('snapshot', ({ rows }) => {
+    sorted = [...rows.keys()].map(Number).sort((a, b) => a - b);
+    for (const s of STATUSES) counts[s] = 0;
+    for (const row of rows.values()) if (row.status in counts) counts[row.status]++;
+    clearRows();
+    render();
+    addFeed('READY', 'op-system', `live at ${v.position}, ${rows.size} rows`);
+  });
+  on('enter', ({ row }) => {
+    const id = Number(row.id);
+    insertId(id);
+    if (row.status in counts) counts[row.status]++;
+    highlights.set(id, ['row']);
+    render();
+    addFeed('ENTER', 'op-insert', `orders #${id}`, [row.customer_name, row.product_name, row.status].filter(Boolean).join(' · '));
+  });
+  on('update', ({ row, previous }) => {
+    const id = Number(row.id);
+    if (previous.status in counts) counts[previous.status]--;
+    if (row.status in counts) counts[row.status]++;
+    const changed = ['customer_name', 'product_name', 'status', 'updated_at'].filter((k) => previous[k] !== row[k]);
+    highlights.set(id, [...(highlights.get(id) ?? []), ...changed]);
+    render();
+    addFeed('UPDATE', 'op-update', `orders #${id}`, changed.filter((k) => k !== 'updated_at')
+      .map((k) => (k === 'status' ? `${previous.status} → ${row.status}` : `${k.replace('_name', '')} → ${row[k]}`)).join(', '));
+  });
+  on('leave', ({ row }) => {
+    const id = Number(row.id);
+    const stored = removeId(id);
+    if (stored && row.status in counts) counts[row.status]--;
+    fadeOut(id);
+    render();
+    addFeed('LEAVE', 'op-delete', `orders #${id}`, row.customer_name ? `${row.customer_name} left the view` : '');
+  });
+  on('reset', ({ reason }) => {
+    sorted = [];
+    for (const s of STATUSES) counts[s] = 0;
+    for (const id of [...rowEls.keys()]) fadeOut(id);
+    render();
+    addFeed('RESET', 'op-system', `${reason || 'history gone'}; reloaded`);
+  });
+  on('status', (detail) => {
+    if (detail.status === 'live') hasBeenLive = true;
+    renderState(detail.status === 'live' ? 'live' : navigator.onLine ? 'reconnecting' : 'offline', detail);
+    $('#last-event-id').textContent = v.position ?? '–';
+  });
+  renderState(navigator.onLine ? 'reconnecting' : 'offline');
+  renderChoice();
+}
+
+/** Binary search: the index of the first id >= `id` in `sorted`. */
+function lowerBound(id) {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (sorted[mid] < id) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+function insertId(id) {
+  const at = lowerBound(id);
+  if (sorted[at] !== id) sorted.splice(at, 0, id);
+}
+
+function removeId(id) {
+  const at = lowerBound(id);
+  if (sorted[at] !== id) return false;
+  sorted.splice(at, 1);
+  return true;
+}
 
 // ---- formatting --------------------------------------------------------------
 
@@ -66,14 +183,14 @@ function formatTime(value) {
 
 function capitalize(s) { return s ? s[0].toUpperCase() + s.slice(1) : s; }
 
-// ---- connection indicator ----------------------------------------------------
+// ---- connection indicator, transport, tabs, search ------------------------------
 
 function renderState(state, detail = {}) {
   const el = $('#conn-status');
   el.dataset.state = state;
   document.body.dataset.conn = state; // the table dims while it may be stale
   let label = STATE_LABELS[state] || state;
-  if (state === 'reconnecting' && !client.hasBeenLive) label = 'Connecting…';
+  if (state === 'reconnecting' && !hasBeenLive) label = 'Connecting…';
   $('#conn-label').textContent = label;
   let extra = '';
   if (state !== 'live' && detail.delay !== undefined) {
@@ -82,8 +199,8 @@ function renderState(state, detail = {}) {
   $('#conn-detail').textContent = extra;
 }
 
-function renderTransport() {
-  const t = client.transport;
+function renderChoice() {
+  const t = choice.transport;
   const el = $('#transport');
   el.textContent = t;
   el.title = TRANSPORT_NAMES[t];
@@ -91,26 +208,76 @@ function renderTransport() {
   const btn = $('#transport-switch');
   btn.textContent = other === 'sse' ? 'Use SSE' : 'Use WebSocket';
   btn.setAttribute('aria-label', `Switch transport to ${TRANSPORT_NAMES[other]}`);
+  for (const tab of document.querySelectorAll('.view-tab')) {
+    tab.setAttribute('aria-selected', String(tab.dataset.status === choice.status));
+  }
+  const search = $('#customer-search');
+  if (document.activeElement !== search) search.value = choice.customer;
 }
 
-$('#transport-switch').addEventListener('click', () => {
-  const next = client.transport === 'ws' ? 'sse' : 'ws';
-  const url = new URL(location.href);
-  url.searchParams.set('transport', next);
-  history.replaceState(null, '', url);
-  client.setTransport(next);
+/** Changes what the page shows: a new server-side view from the first row. */
+function choose(change) {
+  Object.assign(choice, change);
+  saveChoice();
+  sorted = [];
+  for (const s of STATUSES) counts[s] = 0;
+  clearRows();
+  render();
+  $('#orders-empty').textContent = 'Loading orders…';
+  $('#orders-empty').hidden = false;
+  scroller.scrollTop = 0;
+  openView();
+}
+
+$('#transport-switch').addEventListener('click', () => choose({ transport: choice.transport === 'ws' ? 'sse' : 'ws' }));
+
+$('.tabs').addEventListener('click', (e) => {
+  const tab = e.target.closest('.view-tab');
+  if (tab && tab.dataset.status !== choice.status) choose({ status: tab.dataset.status });
 });
 
-client.addEventListener('state', (e) => renderState(e.detail.state, e.detail));
-client.addEventListener('transport', renderTransport);
-client.addEventListener('position', (e) => { $('#last-event-id').textContent = e.detail.position || '–'; });
-renderState(client.state);
-renderTransport();
+let searchTimer;
+$('#customer-search').addEventListener('input', (e) => {
+  clearTimeout(searchTimer);
+  const customer = e.target.value.trim();
+  searchTimer = setTimeout(() => { if (customer !== choice.customer) choose({ customer }); }, 300);
+});
+$('#search-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  clearTimeout(searchTimer);
+  const customer = $('#customer-search').value.trim();
+  if (customer !== choice.customer) choose({ customer });
+});
 
-// ---- table -------------------------------------------------------------------
+// The system says the network is gone: say so now; back online, catch up at once
+// (a new view re-reads the rows) instead of waiting out the backoff.
+window.addEventListener('offline', () => renderState('offline'));
+window.addEventListener('online', () => openView());
 
-/** Live rows by order id; a deleted row leaves this map before it fades out. */
+// ---- table (virtual: only the rows on screen, plus some either side) -------------
+
+const scroller = $('#orders-scroll');
+/** Rows drawn beyond each edge of the visible ones, so a fast scroll shows no gap. */
+const OVERSCAN = 30;
+/** Height of one row in px, measured from the rows drawn (cards on small screens). */
+let rowHeight = 45;
+/** The drawn rows by order id; a leaving row fades out after it left this map. */
 const rowEls = new Map();
+/** What to highlight at the next draw, by order id: 'row' (it entered) or changed columns. */
+const highlights = new Map();
+const topSpacer = spacer();
+const bottomSpacer = spacer();
+body.append(topSpacer, bottomSpacer);
+
+function spacer() {
+  const tr = document.createElement('tr');
+  tr.className = 'spacer';
+  tr.setAttribute('aria-hidden', 'true');
+  const td = document.createElement('td');
+  td.colSpan = 6;
+  tr.append(td);
+  return tr;
+}
 
 function statusSelect(row) {
   const select = document.createElement('select');
@@ -161,11 +328,12 @@ function buildRow(row) {
   actions.append(del);
 
   tr.append(idCell, customer, product, status, updated, actions);
-  fillRow(tr, row);
   return tr;
 }
 
 function fillRow(tr, row) {
+  if (tr.rowData === row) return; // the view replaces a row object when it changes
+  tr.rowData = row;
   tr.querySelector('[data-col="customer_name"]').textContent = row.customer_name ?? '';
   tr.querySelector('[data-col="product_name"]').textContent = row.product_name ?? '';
   const select = tr.querySelector('.row-status');
@@ -178,16 +346,6 @@ function fillRow(tr, row) {
   time.title = t.full;
 }
 
-/** Rows are shown newest first: insert before the first row with a smaller id. */
-function insertSorted(tr, id) {
-  let before = null;
-  for (const el of body.children) {
-    const other = Number(el.dataset.id ?? el.dataset.leavingId);
-    if (other < id) { before = el; break; }
-  }
-  body.insertBefore(tr, before);
-}
-
 function restart(el, cls) {
   el.classList.remove(cls);
   void el.offsetWidth; // restart the CSS animation
@@ -195,16 +353,22 @@ function restart(el, cls) {
   el.addEventListener('animationend', () => el.classList.remove(cls), { once: true });
 }
 
-function removeRow(id, animate = true) {
+function clearRows() {
+  for (const tr of rowEls.values()) tr.remove();
+  rowEls.clear();
+  for (const tr of body.querySelectorAll('tr[data-leaving-id]')) tr.remove();
+}
+
+/** Takes a drawn row out of the view at once (tests and counts see it gone) and fades it. */
+function fadeOut(id) {
   const tr = rowEls.get(id);
   if (!tr) return;
   rowEls.delete(id);
-  // Out of the live set at once (tests and counts see it gone); the fade is cosmetic.
   delete tr.dataset.id;
   tr.dataset.leavingId = id;
   tr.setAttribute('aria-hidden', 'true');
   tr.querySelectorAll('button, select').forEach((c) => { c.disabled = true; c.tabIndex = -1; });
-  if (!animate || matchMedia('(prefers-reduced-motion: reduce)').matches) {
+  if (matchMedia('(prefers-reduced-motion: reduce)').matches) {
     tr.remove();
     return;
   }
@@ -214,38 +378,78 @@ function removeRow(id, animate = true) {
   setTimeout(done, 800);
 }
 
-function renderAll(rows) {
-  for (const id of [...rowEls.keys()]) if (!rows.has(id)) removeRow(id, false);
-  const sorted = [...rows.values()].sort((a, b) => Number(b.id) - Number(a.id));
-  for (const row of sorted) {
-    const id = Number(row.id);
-    const tr = rowEls.get(id);
-    if (tr) fillRow(tr, row);
-    else {
-      const el = buildRow(row);
-      rowEls.set(id, el);
-      body.append(el);
-    }
-  }
-  // Put rows in order (cheap: at most one move per row).
-  let prev = null;
-  for (const row of sorted) {
-    const el = rowEls.get(Number(row.id));
-    const expected = prev ? prev.nextSibling : body.firstChild;
-    if (el !== expected) body.insertBefore(el, expected);
-    prev = el;
-  }
-  renderCounts();
+let frame = 0;
+/** Draws on the next frame (many changes in one frame cost one draw). */
+function render() {
+  if (!frame) frame = requestAnimationFrame(draw);
 }
 
+function draw() {
+  frame = 0;
+  const rows = live?.rows ?? new Map();
+  const visible = Math.ceil((scroller.clientHeight || 600) / rowHeight);
+  const first = Math.max(0, Math.floor(scroller.scrollTop / rowHeight) - OVERSCAN);
+  const last = Math.min(sorted.length, first + visible + 2 * OVERSCAN);
+  const wanted = sorted.slice(first, last);
+  const keep = new Set(wanted);
+  for (const [id, tr] of rowEls) {
+    if (!keep.has(id)) { tr.remove(); rowEls.delete(id); }
+  }
+  let prev = topSpacer;
+  for (const id of wanted) {
+    const row = rows.get(id) ?? rows.get(String(id));
+    if (!row) continue;
+    let tr = rowEls.get(id);
+    if (!tr) {
+      tr = buildRow(row);
+      rowEls.set(id, tr);
+    }
+    fillRow(tr, row);
+    // Leaving rows stay where they are while they fade.
+    let next = prev.nextSibling;
+    while (next && next.dataset.leavingId !== undefined) next = next.nextSibling;
+    if (tr !== next) body.insertBefore(tr, prev.nextSibling);
+    prev = tr;
+    for (const what of highlights.get(id) ?? []) {
+      const el = what === 'row' ? tr : tr.querySelector(`[data-col="${what}"]`);
+      if (el) restart(el, what === 'row' ? 'row-new' : 'cell-flash');
+    }
+  }
+  highlights.clear(); // rows off screen are not highlighted later
+  topSpacer.firstChild.style.height = `${first * rowHeight}px`;
+  bottomSpacer.firstChild.style.height = `${(sorted.length - last) * rowHeight}px`;
+  measureRowHeight(wanted);
+  renderCounts();
+  if (!firstRowMarked && wanted.length) {
+    firstRowMarked = true;
+    // The frame after this one is painted with the rows: that is "first rows shown".
+    requestAnimationFrame(() => performance.mark('rowcast:first-row'));
+  }
+}
+
+function measureRowHeight(wanted) {
+  if (wanted.length < 2) return;
+  const a = rowEls.get(wanted[0]);
+  const b = rowEls.get(wanted[1]);
+  const h = a && b ? b.offsetTop - a.offsetTop : 0;
+  if (h > 0 && Math.abs(h - rowHeight) > 0.5) {
+    rowHeight = h;
+    render();
+  }
+}
+
+scroller.addEventListener('scroll', render, { passive: true });
+window.addEventListener('resize', render);
+
 function renderCounts() {
-  const counts = { pending: 0, shipped: 0, delivered: 0 };
-  for (const row of client.rows.values()) if (row.status in counts) counts[row.status]++;
   for (const s of STATUSES) setCount(`#count-${s}`, counts[s]);
-  setCount('#count-total', client.rows.size);
+  setCount('#count-total', sorted.length);
+  $('#view-count').textContent = `${sorted.length.toLocaleString()} ${sorted.length === 1 ? 'order' : 'orders'}`;
   const empty = $('#orders-empty');
-  empty.textContent = 'No orders yet — add one with the form.';
-  empty.hidden = client.rows.size > 0;
+  if (live?.status === 'live' || live?.position != null) {
+    empty.textContent = filters().length ? 'No orders match this view.' : 'No orders yet — add one with the form.';
+  }
+  empty.hidden = sorted.length > 0;
 }
 
 function setCount(sel, n) {
@@ -257,33 +461,6 @@ function setCount(sel, n) {
   }
 }
 
-client.addEventListener('snapshot', (e) => renderAll(e.detail.rows));
-
-client.addEventListener('change', (e) => {
-  const { kind, row, changed } = e.detail;
-  if (kind === 'truncate') {
-    for (const id of [...rowEls.keys()]) removeRow(id);
-  } else if (kind === 'delete') {
-    removeRow(Number(row.id));
-  } else {
-    const id = Number(row.id);
-    let tr = rowEls.get(id);
-    if (!tr) {
-      tr = buildRow(row);
-      rowEls.set(id, tr);
-      insertSorted(tr, id);
-      restart(tr, 'row-new');
-    } else {
-      fillRow(tr, row);
-      for (const col of changed || []) {
-        const td = tr.querySelector(`[data-col="${col}"]`);
-        if (td) restart(td, 'cell-flash');
-      }
-    }
-  }
-  renderCounts();
-});
-
 // ---- row actions ---------------------------------------------------------------
 
 body.addEventListener('change', async (e) => {
@@ -294,10 +471,10 @@ body.addEventListener('change', async (e) => {
   select.dataset.busy = '1';
   select.setAttribute('aria-busy', 'true');
   try {
-    await client.updateOrder(id, { status });
+    await api.updateOrder(id, { status });
   } catch (err) {
     // The stream is the source of truth: show the row's real status again.
-    const row = client.rows.get(id);
+    const row = live?.rows.get(id);
     if (row) select.value = row.status;
     toast(`Could not update order ${id}: ${err.message}`);
   } finally {
@@ -315,7 +492,7 @@ body.addEventListener('click', async (e) => {
   const tr = btn.closest('tr');
   const neighbour = tr?.nextElementSibling?.querySelector('.row-delete') || tr?.previousElementSibling?.querySelector('.row-delete');
   try {
-    await client.deleteOrder(id);
+    await api.deleteOrder(id);
     if (document.activeElement === btn || document.activeElement === document.body) {
       (neighbour && !neighbour.disabled ? neighbour : $('#orders-heading')).focus();
     }
@@ -368,7 +545,7 @@ form.addEventListener('submit', async (e) => {
   submit.disabled = true;
   form.setAttribute('aria-busy', 'true');
   try {
-    const created = await client.createOrder(order);
+    const created = await api.createOrder(order);
     form.reset();
     $('#form-note').textContent = created?.id != null ? `Order #${created.id} added.` : 'Order added.';
     form.elements.customer_name.focus();
@@ -390,96 +567,42 @@ form.addEventListener('submit', async (e) => {
 
 const feed = $('#feed');
 
-/** One line saying what a change did, for the feed. */
-function changeSummary(op, msg) {
-  const row = msg.row || {};
-  if (op === 'TRUNCATE') return 'table cleared';
-  if (msg.table !== 'orders') return '';
-  if (op === 'INSERT') return [row.customer_name, row.product_name].filter(Boolean).join(' · ');
-  if (op === 'DELETE') return row.customer_name ? `${row.customer_name} removed` : '';
-  if (op === 'UPDATE') {
-    const old = msg.old || {};
-    const parts = [];
-    for (const k of ['status', 'customer_name', 'product_name']) {
-      if (k in old && old[k] !== row[k]) parts.push(k === 'status' ? `${old[k]} → ${row[k]}` : `${k.replace('_name', '')} → ${row[k]}`);
-    }
-    return parts.join(', ');
-  }
-  return '';
-}
-
-function feedItem(msg) {
+/** One line of the feed: what the view did (`op`), to which row, and how. */
+function addFeed(op, cls, what, detail = '') {
   const li = document.createElement('li');
-  let op;
-  let what;
-  let detail = '';
-  let when = new Date();
-  if (msg.type === 'change') {
-    op = String(msg.op || '').toUpperCase();
-    const rowId = msg.row?.id;
-    what = `${msg.table}${rowId != null ? ` #${rowId}` : ''}`;
-    detail = changeSummary(op, msg);
-    if (msg.committed_at) when = new Date(msg.committed_at);
-    li.className = `feed-item op-${op.toLowerCase()}`;
-  } else if (msg.type === 'ready') {
-    op = 'READY';
-    what = `live at ${msg.head}${msg.replayed ? `, ${msg.replayed} replayed` : ''}`;
-    li.className = 'feed-item op-system';
-  } else if (msg.type === 'reset') {
-    op = 'RESET';
-    what = `${msg.reason || 'history gone'}; reloaded`;
-    li.className = 'feed-item op-system';
-  } else if (msg.type === 'error') {
-    op = 'ERROR';
-    what = msg.message || msg.code || 'error';
-    li.className = 'feed-item op-error';
-  } else {
-    return null;
-  }
+  li.className = `feed-item ${cls}`;
   const badge = document.createElement('span');
   badge.className = 'op';
   badge.textContent = op;
   const text = document.createElement('span');
   text.className = 'feed-what';
   text.textContent = what;
-  const meta = document.createElement('span');
-  meta.className = 'feed-meta';
-  const time = document.createElement('time');
-  time.dateTime = Number.isNaN(when.getTime()) ? '' : when.toISOString();
-  time.textContent = Number.isNaN(when.getTime()) ? '' : timeFmt.format(when);
-  meta.append(time);
-  if (msg.type === 'change') {
-    const eid = document.createElement('span');
-    eid.className = 'feed-id';
-    eid.textContent = `id ${msg.id}`;
-    meta.append(eid);
-  }
   if (detail) {
     const d = document.createElement('span');
     d.className = 'feed-detail';
     d.textContent = detail;
     text.append(' ', d);
   }
-  li.append(badge, text, meta);
-  return li;
-}
-
-client.addEventListener('message', (e) => {
-  const msg = e.detail.message;
-  // A change at or below the position was applied before (a replay after a
-  // reconnect): the client ignores it, and so does the feed.
-  if (msg.type === 'change' && !client.pending && client.position !== null) {
-    const id = parseId(msg.id);
-    if (id !== null && id <= client.position) return;
+  const meta = document.createElement('span');
+  meta.className = 'feed-meta';
+  const now = new Date();
+  const time = document.createElement('time');
+  time.dateTime = now.toISOString();
+  time.textContent = timeFmt.format(now);
+  meta.append(time);
+  if (live?.position != null && op !== 'RESET') {
+    const eid = document.createElement('span');
+    eid.className = 'feed-id';
+    eid.textContent = `id ${live.position}`;
+    meta.append(eid);
   }
-  const li = feedItem(msg);
-  if (!li) return;
+  li.append(badge, text, meta);
   feed.prepend(li);
   while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();
   $('#feed-empty').hidden = true;
-});
+}
 
-client.start();
+openView();
 
 // For debugging from the console.
-window.rowcast = client;
+window.rowcast = { get view() { return live; }, choice, api };

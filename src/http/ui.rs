@@ -5,8 +5,10 @@ use http::Response;
 
 use super::body::{full, Body};
 
-/// `(path, content type, bytes)` of every UI asset.
-const ASSETS: [(&str, &str, &[u8]); 5] = [
+/// `(path, content type, bytes)` of every UI asset. `/rowcast-client.js` is the JS
+/// client package (clients/js), served so the page imports it same-origin under the
+/// strict CSP instead of from a CDN or a bundled copy that could drift from it.
+const ASSETS: [(&str, &str, &[u8]); 6] = [
     (
         "/",
         "text/html; charset=utf-8",
@@ -21,6 +23,11 @@ const ASSETS: [(&str, &str, &[u8]); 5] = [
         "/client.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../ui/client.js"),
+    ),
+    (
+        "/rowcast-client.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../clients/js/index.js"),
     ),
     (
         "/style.css",
@@ -60,4 +67,34 @@ pub fn asset(path: &str) -> Option<Response<Body>> {
         ),
     );
     Some(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_package_is_served_as_a_same_origin_module_under_the_strict_policy() {
+        assert!(is_asset("/rowcast-client.js"));
+        let response = asset("/rowcast-client.js").expect("the client package is an asset");
+        let headers = response.headers();
+        assert_eq!(headers[CONTENT_TYPE], "text/javascript; charset=utf-8");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'self'"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(!csp.contains("unsafe"), "{csp}");
+        let (_, _, bytes) = ASSETS
+            .iter()
+            .find(|(path, _, _)| *path == "/rowcast-client.js")
+            .unwrap();
+        assert_eq!(*bytes, include_bytes!("../../clients/js/index.js"));
+        assert!(String::from_utf8_lossy(bytes).contains("export function view("));
+    }
+
+    #[test]
+    fn an_unknown_script_is_not_an_asset() {
+        assert!(!is_asset("/clients/js/index.js"));
+        assert!(asset("/rowcast-client.jsx").is_none());
+    }
 }

@@ -157,9 +157,9 @@ export async function connectDb() {
   return client;
 }
 
-/** The orders as the database has them, ordered by id. */
-export async function dbOrders(db) {
-  const { rows } = await db.query('SELECT id, customer_name, product_name, status::text AS status, updated_at FROM orders ORDER BY id');
+/** The orders as the database has them (those passing `where`, if given), ordered by id. */
+export async function dbOrders(db, where = 'true', args = []) {
+  const { rows } = await db.query(`SELECT id, customer_name, product_name, status::text AS status, updated_at FROM orders WHERE ${where} ORDER BY id`, args);
   return rows.map((r) => ({ ...r, id: Number(r.id) }));
 }
 
@@ -222,6 +222,7 @@ const UI_ASSETS = {
   '/index.html': ['index.html', 'text/html; charset=utf-8'],
   '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
   '/client.js': ['client.js', 'text/javascript; charset=utf-8'],
+  '/rowcast-client.js': ['../clients/js/index.js', 'text/javascript; charset=utf-8'],
   '/style.css': ['style.css', 'text/css; charset=utf-8'],
   '/favicon.svg': ['favicon.svg', 'image/svg+xml'],
 };
@@ -290,4 +291,18 @@ export async function pageBase(gw) {
   if (!process.env.ROWCAST_UI_DIR) return { url: gw.url, stop: async () => {} };
   const proxy = await new UiProxy(path.resolve(process.env.ROWCAST_UI_DIR), gw.port).start();
   return { url: proxy.url, stop: () => proxy.stop() };
+}
+
+/**
+ * Opens the page at `url` in a fresh context and returns the time from navigation to
+ * the first order row painted (the page's `rowcast:first-row` mark, performance.now
+ * scale), with the page.
+ */
+export async function firstRowTime(browser, url, { timeout = 30_000 } = {}) {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await ctx.newPage();
+  await page.goto(url);
+  await page.waitForFunction(() => performance.getEntriesByName('rowcast:first-row').length > 0, null, { timeout });
+  const ms = await page.evaluate(() => performance.getEntriesByName('rowcast:first-row')[0].startTime);
+  return { ms, page, ctx };
 }

@@ -8,6 +8,8 @@ import {
 } from './harness.mjs';
 // The client's unit tests (fake sockets, no gateway) run in the same process.
 import './client.test.mjs';
+// Status tabs, the customer search and the 100,000-order table.
+import './views.mjs';
 
 const WAIT = 10_000; // bound of every wait
 const PROPAGATION = 1_000; // a change made in one place shows everywhere within this
