@@ -76,6 +76,13 @@ let live = null;
 let sorted = [];
 /** Rows of the view by status, kept in step with enter/update/leave. */
 const counts = { pending: 0, shipped: 0, delivered: 0 };
+/**
+ * The first screen of the All view read with `GET /api/orders?limit=…` while the
+ * view's snapshot is on its way (100,000 rows take a second or more): drawn at once,
+ * replaced by the snapshot. Null once the view has its rows.
+ */
+let preview = null;
+const PREVIEW_ROWS = 100;
 let hasBeenLive = false;
 let firstRowMarked = false;
 
@@ -92,9 +99,13 @@ function openView() {
   live?.close();
   const v = view({ url: location.origin, table: 'orders', filter: filters(), transport: choice.transport });
   live = v;
+  preview = null;
+  if (!filters().length) loadPreview(v);
   // Events of a view that was replaced are stale: each handler checks it is current.
   const on = (type, fn) => v.addEventListener(type, (e) => { if (live === v) fn(e.detail); });
   on('snapshot', ({ rows }) => {
+    preview = null;
+    if (!performance.getEntriesByName('rowcast:snapshot').length) performance.mark('rowcast:snapshot');
     sorted = [...rows.keys()].map(Number).sort((a, b) => a - b);
     for (const s of STATUSES) counts[s] = 0;
     for (const row of rows.values()) if (row.status in counts) counts[row.status]++;
@@ -142,6 +153,21 @@ function openView() {
   });
   renderState(navigator.onLine ? 'reconnecting' : 'offline');
   renderChoice();
+}
+
+/** Draws the first rows from REST until the snapshot of `v` arrives (a hint only). */
+async function loadPreview(v) {
+  try {
+    const res = await fetch(`/api/orders?limit=${PREVIEW_ROWS}`, { signal: AbortSignal.timeout(5000) });
+    if (!res.ok) return;
+    const rows = await res.json();
+    if (live !== v || v.position !== null || !rows.length) return;
+    preview = new Map(rows.map((r) => [Number(r.id), r]));
+    sorted = [...preview.keys()].sort((a, b) => a - b);
+    render();
+  } catch {
+    // The view's snapshot shows the rows anyway.
+  }
 }
 
 /** Binary search: the index of the first id >= `id` in `sorted`. */
@@ -386,7 +412,7 @@ function render() {
 
 function draw() {
   frame = 0;
-  const rows = live?.rows ?? new Map();
+  const rows = preview ?? live?.rows ?? new Map();
   const visible = Math.ceil((scroller.clientHeight || 600) / rowHeight);
   const first = Math.max(0, Math.floor(scroller.scrollTop / rowHeight) - OVERSCAN);
   const last = Math.min(sorted.length, first + visible + 2 * OVERSCAN);
@@ -442,6 +468,13 @@ scroller.addEventListener('scroll', render, { passive: true });
 window.addEventListener('resize', render);
 
 function renderCounts() {
+  if (preview) {
+    // Only the first rows are known yet: no counts rather than wrong ones.
+    for (const s of [...STATUSES, 'total']) $(`#count-${s}`).textContent = '…';
+    $('#view-count').textContent = 'loading';
+    $('#orders-empty').hidden = true;
+    return;
+  }
   for (const s of STATUSES) setCount(`#count-${s}`, counts[s]);
   setCount('#count-total', sorted.length);
   $('#view-count').textContent = `${sorted.length.toLocaleString()} ${sorted.length === 1 ? 'order' : 'orders'}`;

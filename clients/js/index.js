@@ -184,7 +184,10 @@ function openWebSocket(options, query, on) {
       on.end();
     }
   };
-  socket.onmessage = (event) => on.message(JSON.parse(event.data));
+  // Once stopped (a restart after `reset`), messages still queued are not this view's.
+  socket.onmessage = (event) => {
+    if (!ended) on.message(JSON.parse(event.data));
+  };
   socket.onclose = end;
   socket.onerror = () => socket.close();
   return () => {
@@ -215,7 +218,8 @@ function openEventStream(options, query, on) {
           .filter((line) => line.startsWith('data:'))
           .map((line) => line.slice(line.startsWith('data: ') ? 6 : 5))
           .join('\n');
-        if (data) on.message(JSON.parse(data));
+        // Once stopped (a restart after `reset`), blocks still buffered are not this view's.
+        if (data && !controller.signal.aborted) on.message(JSON.parse(data));
       }
     }
   })()

@@ -296,7 +296,7 @@ export async function pageBase(gw) {
 /**
  * Opens the page at `url` in a fresh context and returns the time from navigation to
  * the first order row painted (the page's `rowcast:first-row` mark, performance.now
- * scale), with the page.
+ * scale), the time to the whole view's snapshot applied (`rowcast:snapshot`), and the page.
  */
 export async function firstRowTime(browser, url, { timeout = 30_000 } = {}) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
@@ -304,5 +304,7 @@ export async function firstRowTime(browser, url, { timeout = 30_000 } = {}) {
   await page.goto(url);
   await page.waitForFunction(() => performance.getEntriesByName('rowcast:first-row').length > 0, null, { timeout });
   const ms = await page.evaluate(() => performance.getEntriesByName('rowcast:first-row')[0].startTime);
-  return { ms, page, ctx };
+  await page.waitForFunction(() => performance.getEntriesByName('rowcast:snapshot').length > 0, null, { timeout });
+  const snapshotMs = await page.evaluate(() => performance.getEntriesByName('rowcast:snapshot')[0].startTime);
+  return { ms, snapshotMs, page, ctx };
 }

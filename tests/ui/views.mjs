@@ -28,6 +28,13 @@ async function waitShows(page, db, where, args = []) {
   }
 }
 
+/** Searches for `customer` and waits until that view is live (its rows loaded). */
+async function search(page, customer) {
+  await page.fill('#customer-search', customer);
+  await page.waitForFunction((c) => new URL(location.href).searchParams.get('customer') === (c || null)
+    && document.getElementById('conn-status').dataset.state === 'live', customer, { timeout: WAIT });
+}
+
 /** Waits until row `id` is drawn with the entering highlight. */
 function waitEnters(page, id) {
   return page.waitForFunction((oid) => document.querySelector(`#orders-body tr[data-id="${oid}"]`)?.classList.contains('row-new'), id, { timeout: WAIT });
@@ -131,7 +138,7 @@ for (const transport of ['ws', 'sse']) {
     });
 
     scenario('the customer search shows exactly that customer\'s orders, within the tab, as they change', async () => {
-      await V.fill('#customer-search', 'Ada Lovelace');
+      await search(V, 'Ada Lovelace');
       await waitShows(V, db, 'customer_name = $1', ['Ada Lovelace']);
       assert.match(V.url(), /customer=Ada\+Lovelace/);
       await V.click('.view-tab[data-status="pending"]');
@@ -150,14 +157,14 @@ for (const transport of ['ws', 'sse']) {
       await waitShows(V, db, "customer_name = $1 AND status = 'pending'", ['Ada Lovelace']);
 
       // A name nobody has: an empty view that says so, and fills when one arrives.
-      await V.fill('#customer-search', 'Nobody Yet');
+      await search(V, 'Nobody Yet');
       await waitShows(V, db, "customer_name = $1 AND status = 'pending'", ['Nobody Yet']);
       assert.equal(await V.isVisible('#orders-empty'), true);
       const nobody = await insert(db, 'Nobody Yet', 'Placeholder', 'pending');
       await waitEnters(V, nobody);
       await waitShows(V, db, "customer_name = $1 AND status = 'pending'", ['Nobody Yet']);
 
-      await V.fill('#customer-search', '');
+      await search(V, '');
       await V.click('.view-tab[data-status="all"]');
       await waitShows(V, db, 'true');
     });
@@ -168,11 +175,11 @@ for (const transport of ['ws', 'sse']) {
         await db.query(`INSERT INTO orders (customer_name, product_name, status)
           SELECT 'Customer ' || (i % 997), 'Product ' || i, (ARRAY['pending','shipped','delivered'])[1 + i % 3]
           FROM generate_series(1, 100000) AS i`);
-        const { ms, page, ctx } = await firstRowTime(browser, `${base.url}/?transport=${transport}`);
+        const { ms, snapshotMs, page, ctx } = await firstRowTime(browser, `${base.url}/?transport=${transport}`);
         try {
-          console.log(`# 100,000 orders: first row painted ${Math.round(ms)} ms after navigation`);
+          console.log(`# 100,000 orders: first row painted ${Math.round(ms)} ms after navigation, whole view ${Math.round(snapshotMs)} ms`);
           assert.ok(ms < 5000, `first row after ${Math.round(ms)} ms`);
-          assert.equal(await page.textContent('#count-total'), '100000');
+          await page.waitForFunction(() => document.getElementById('count-total').textContent === '100000', null, { timeout: WAIT });
           const drawn = await page.locator('#orders-body tr[data-id]').count();
           assert.ok(drawn > 0 && drawn < 200, `${drawn} rows drawn`);
 
