@@ -102,7 +102,11 @@ function openView() {
   preview = null;
   if (!filters().length) loadPreview(v);
   // Events of a view that was replaced are stale: each handler checks it is current.
-  const on = (type, fn) => v.addEventListener(type, (e) => { if (live === v) fn(e.detail); });
+  const on = (type, fn) => v.addEventListener(type, (e) => {
+    if (live !== v) return;
+    fn(e.detail);
+    $('#last-event-id').textContent = v.position ?? '–';
+  });
   on('snapshot', ({ rows }) => {
     preview = null;
     if (!performance.getEntriesByName('rowcast:snapshot').length) performance.mark('rowcast:snapshot');
@@ -149,7 +153,6 @@ function openView() {
   on('status', (detail) => {
     if (detail.status === 'live') hasBeenLive = true;
     renderState(detail.status === 'live' ? 'live' : navigator.onLine ? 'reconnecting' : 'offline', detail);
-    $('#last-event-id').textContent = v.position ?? '–';
   });
   renderState(navigator.onLine ? 'reconnecting' : 'offline');
   renderChoice();

@@ -1,5 +1,5 @@
-// Saves docs/screenshot-light.png and docs/screenshot-dark.png (1280x800) of the UI
-// with a few realistic orders. Same environment as run.mjs: ROWCAST_BIN, DATABASE_URL
+// Saves docs/screenshot-light.png (the All tab) and docs/screenshot-dark.png (the
+// Pending tab) (1280x800) of the UI with a few realistic orders. Same environment as run.mjs: ROWCAST_BIN, DATABASE_URL
 // (a test database: its orders are replaced). Optional: SCREENSHOT_WIDTH/HEIGHT,
 // SCREENSHOT_DIR.
 import { mkdir } from 'node:fs/promises';
@@ -39,7 +39,8 @@ try {
     await db.query('DELETE FROM orders');
     const ctx = await browser.newContext({ viewport: { width, height }, colorScheme, deviceScaleFactor: 1 });
     const page = await ctx.newPage();
-    await page.goto(`${base.url}/?transport=ws`);
+    const tab = colorScheme === 'dark' ? 'pending' : 'all';
+    await page.goto(`${base.url}/?transport=ws&status=${tab}`);
     await page.waitForSelector('#conn-status[data-state="live"]', { timeout: 10_000 });
     for (const [customer, product, status, age] of ORDERS) {
       await db.query(
@@ -50,7 +51,8 @@ try {
     }
     // A little live activity for the feed and the highlight.
     await db.query(`UPDATE orders SET status = 'delivered', updated_at = now() WHERE customer_name = 'Sofia Marino'`);
-    await page.waitForFunction((n) => document.querySelectorAll('#orders-body tr[data-id]').length === n, ORDERS.length, { timeout: 10_000 });
+    const shown = ORDERS.filter(([, , status]) => tab === 'all' || status === tab).length;
+    await page.waitForFunction((n) => document.querySelectorAll('#orders-body tr[data-id]').length === n, shown, { timeout: 10_000 });
     await sleep(2000); // let the insert highlights fade, keep the last flash subtle
     const file = path.join(outDir, `screenshot-${colorScheme}.png`);
     await page.screenshot({ path: file });
