@@ -64,18 +64,23 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Arc<Gateway>, StartError> {
         let (target, embedded) = startup::resolve_database(&config).await?;
         let deadline = Deadline::after(STARTUP_DEADLINE);
-        startup::prepare_schema(&target, &config, &deadline).await?;
-        let client = deadline.connect(&target).await?;
+        // A connection lost mid-step (a restart, a terminated backend) is an outage
+        // like a refused connection: start-up tries again until its deadline.
         let (head, catalog, mode) = deadline
-            .step(&target, Waiting::FirstQuery, async {
-                Ok((
-                    changes::head(&client).await?,
-                    changes::catalog(&client).await?,
-                    capture::switch::mode(&client).await,
-                ))
+            .retry_lost(|| async {
+                startup::prepare_schema(&target, &config, &deadline).await?;
+                let client = deadline.connect(&target).await?;
+                deadline
+                    .step(&target, Waiting::FirstQuery, async {
+                        Ok((
+                            changes::head(&client).await?,
+                            changes::catalog(&client).await?,
+                            capture::switch::mode(&client).await,
+                        ))
+                    })
+                    .await
             })
             .await?;
-        drop(client);
         if config.capture == CaptureMode::Trigger && matches!(mode, Ok(CaptureMode::Wal)) {
             tracing::warn!("the database is in WAL capture mode: this gateway (--capture trigger) serves changes but does not capture them; run a gateway with --capture wal, or `rowcast capture trigger`");
         }

@@ -321,6 +321,60 @@ async fn a_listen_connection_terminated_by_the_server_is_replaced_without_loss()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_up_connection_terminated_by_the_server_is_retried_not_fatal() {
+    // Found by scripts/chaos.sh: a replica restarting while `pg_terminate_backend`
+    // ran exited at once with 57P01 instead of trying again within its start-up
+    // deadline. Holding the migration lock parks start-up on a query, so its backend
+    // can be terminated mid-step, deterministically.
+    let db = TestDb::new();
+    let mut holder = db.client().await;
+    let admin = db.client().await;
+    let lock = holder.transaction().await.unwrap();
+    lock.execute("SELECT pg_advisory_xact_lock(1920890733)", &[])
+        .await
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut child = std::process::Command::new(binary())
+        .args(["--listen", &addr.to_string(), "--database-url", &db.url])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn rowcast");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let terminated = loop {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND pid <> pg_backend_pid()) t",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(terminated, 1, "start-up waited on the migration lock");
+    lock.commit().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(child.try_wait().unwrap(), None, "rowcast exited");
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http(addr, "GET", "/readyz", &[], None).await.status == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rowcast not ready in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// The host and port of a `postgres://user@host:port/db` URL.
 fn upstream_of(url: &str) -> SocketAddr {
     let (_, rest) = url.split_once('@').unwrap();

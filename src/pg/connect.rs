@@ -150,6 +150,28 @@ fn describe(err: &tokio_postgres::Error) -> String {
 }
 
 impl DbError {
+    /// Whether the connection was lost under a query (the server shut down or
+    /// restarted, the backend was terminated, the socket closed): the same step on a
+    /// new connection may succeed.
+    pub fn is_connection_lost(&self) -> bool {
+        let DbError::Query(err) = self else {
+            return false;
+        };
+        if err.is_closed() {
+            return true;
+        }
+        match err.as_db_error() {
+            // Class 08 (connection exception) and 57P01–57P03 (admin shutdown, crash
+            // shutdown, cannot connect now).
+            Some(db) => {
+                let code = db.code().code();
+                code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+            }
+            // An I/O error under the driver: the socket went away.
+            None => std::error::Error::source(err).is_some_and(|e| e.is::<std::io::Error>()),
+        }
+    }
+
     /// Whether retrying can never help (bad configuration, credentials, database).
     pub fn is_permanent(&self) -> bool {
         matches!(

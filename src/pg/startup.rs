@@ -136,6 +136,26 @@ impl Deadline {
         }
     }
 
+    /// Runs `steps` (connect and queries), again while they fail because the
+    /// connection was lost and the deadline leaves time; any other error ends it.
+    pub async fn retry_lost<T, F, Fut>(&self, mut steps: F) -> Result<T, DbError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, DbError>>,
+    {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match steps().await {
+                Err(err) if err.is_connection_lost() && Instant::now() + wait < self.at => {
+                    tracing::warn!(%err, "database connection lost during start-up; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// Runs one step (queries on a connected client), abandoned at the deadline with
     /// a [`DbError::Timeout`] naming it.
     pub async fn step<T>(
