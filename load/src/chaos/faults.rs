@@ -170,9 +170,8 @@ pub async fn apply(t: Arc<Targets>, p: Planned) -> Done {
         Kind::ClientStall => {
             let mut rng = fastrand::Rng::with_seed(p.target);
             let n = (t.clients.len() / 50).max(1);
-            let until = ms(t.start) as i64
-                + t.setup.send_timeout.as_millis() as i64
-                + p.hold_ms as i64;
+            let until =
+                ms(t.start) as i64 + t.setup.send_timeout.as_millis() as i64 + p.hold_ms as i64;
             for _ in 0..n {
                 let c = &t.clients[rng.usize(..t.clients.len())];
                 c.stall_until_ms

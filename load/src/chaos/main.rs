@@ -139,10 +139,7 @@ async fn run(args: Args) -> Result<bool, String> {
         .ok_or("cannot connect to the database")?;
     // The start: a quiet table, its rows and the log position read together.
     let base: i64 = db
-        .query_one(
-            "SELECT coalesce(max(id), 0) FROM realtime.change_log",
-            &[],
-        )
+        .query_one("SELECT coalesce(max(id), 0) FROM realtime.change_log", &[])
         .await
         .map_err(|e| e.to_string())?
         .get(0);
@@ -254,7 +251,13 @@ async fn run(args: Args) -> Result<bool, String> {
         fault_tasks.push(tokio::spawn(async move {
             let at = start + Duration::from_millis(p.at_ms);
             tokio::time::sleep_until(at.into()).await;
-            log(start, &format!("fault {:?} target {} hold {} ms", p.kind, p.target, p.hold_ms));
+            log(
+                start,
+                &format!(
+                    "fault {:?} target {} hold {} ms",
+                    p.kind, p.target, p.hold_ms
+                ),
+            );
             let done = faults::apply(targets, p).await;
             log(start, &format!("lifted {:?}: {}", p.kind, done.note));
             done
@@ -293,7 +296,9 @@ async fn run(args: Args) -> Result<bool, String> {
             readyz_ok = false;
         }
     }
-    let db = faults::connect(&url).await.ok_or("no database at the end")?;
+    let db = faults::connect(&url)
+        .await
+        .ok_or("no database at the end")?;
     history::copy(&db, &history, base).await?;
     let final_table = table(&db).await?;
     // Settle: every client has got (or passed by heartbeat) its last required change.
@@ -320,10 +325,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let all_live = live_log.await.map_err(|e| e.to_string())?;
     for d in &mut done {
         if let Some(lifted) = d.lifted_ms {
-            d.recovery_ms = all_live
-                .iter()
-                .find(|&&t| t >= lifted)
-                .map(|&t| t - lifted);
+            d.recovery_ms = all_live.iter().find(|&&t| t >= lifted).map(|&t| t - lifted);
         }
     }
     let h = history.lock().unwrap();
@@ -351,7 +353,11 @@ async fn run(args: Args) -> Result<bool, String> {
             .filter(|d| d.planned.kind == k && d.lifted_ms.is_some())
             .count();
         by_kind.insert(
-            serde_json::to_value(k).unwrap_or_default().as_str().unwrap_or("?").to_string(),
+            serde_json::to_value(k)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?")
+                .to_string(),
             json!(applied),
         );
     }
@@ -393,7 +399,14 @@ async fn run(args: Args) -> Result<bool, String> {
 
 fn print_human(r: &serde_json::Value) {
     let v = &r["verdict"];
-    println!("rowcast-chaos: {}", if r["ok"] == json!(true) { "PASS" } else { "FAIL" });
+    println!(
+        "rowcast-chaos: {}",
+        if r["ok"] == json!(true) {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    );
     println!(
         "  seed {}, {} s, {} clients, {} replicas",
         r["seed"], r["seconds"], r["clients"], r["replicas"]
@@ -411,8 +424,13 @@ fn print_human(r: &serde_json::Value) {
         v["deliveries"], v["lost"], v["duplicated"], v["out_of_order"], v["foreign"], v["garbled"]
     );
     println!(
-        "  resets justified {}, unjustified {}; views wrong {}, unverified {}",
-        v["resets_justified"], v["resets_unjustified"], v["views_wrong"], v["views_unverified"]
+        "  resets justified {}, unjustified {}; views wrong {}, unverified {}; \
+         rows that left filtered views unannounced {}",
+        v["resets_justified"],
+        v["resets_unjustified"],
+        v["views_wrong"],
+        v["views_unverified"],
+        v["filtered_departed_rows"]
     );
     println!("  recovery after a fault (ms): {}", r["recovery_ms"]);
     println!("  /readyz 200 on every replica: {}", r["readyz_all_200"]);
@@ -428,7 +446,9 @@ async fn wait_ready(port: u16, within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
     while cluster::http_status(port, "/readyz").await != Some(200) {
         if Instant::now() > deadline {
-            return Err(format!("replica on port {port}: /readyz not 200 within {within:?}"));
+            return Err(format!(
+                "replica on port {port}: /readyz not 200 within {within:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
