@@ -328,7 +328,7 @@ async fn run(args: Args) -> Result<bool, String> {
             d.recovery_ms = all_live.iter().find(|&&t| t >= lifted).map(|&t| t - lifted);
         }
     }
-    let h = history.lock().unwrap();
+    let h = std::mem::take(&mut *history.lock().unwrap());
     let mut verdict = checker::Verdict::default();
     let mut connects = 0;
     for (i, (spec, c)) in specs.iter().zip(&clients).enumerate() {
