@@ -175,3 +175,156 @@ pub fn check(
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::client::Reset;
+    use crate::history::Pruned;
+
+    fn change(id: u64, op: &str, status: &str, old: Option<&str>) -> Logged {
+        Logged {
+            id,
+            op: op.into(),
+            row: Some(json!({"id": id as i64, "status": status})),
+            old: old.map(|s| json!({"id": id as i64, "status": s})),
+        }
+    }
+
+    fn history() -> History {
+        History {
+            changes: vec![
+                change(1, "INSERT", "pending", None),
+                change(2, "INSERT", "shipped", None),
+                change(3, "UPDATE", "shipped", Some("pending")),
+                change(4, "INSERT", "pending", None),
+            ],
+            prunes: Vec::new(),
+        }
+    }
+
+    fn table() -> BTreeMap<i64, String> {
+        [
+            (1, "pending"),
+            (2, "shipped"),
+            (3, "shipped"),
+            (4, "pending"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect()
+    }
+
+    fn seen(ids: &[u64], view: &BTreeMap<i64, String>) -> Seen {
+        Seen {
+            ids: ids.to_vec(),
+            view: view.clone(),
+            ..Seen::default()
+        }
+    }
+
+    const ALL: Spec = Spec {
+        ws: true,
+        filtered: false,
+        seed: 0,
+    };
+    const PENDING: Spec = Spec {
+        ws: true,
+        filtered: true,
+        seed: 0,
+    };
+
+    #[test]
+    fn a_complete_stream_and_matching_view_pass() {
+        let mut v = Verdict::default();
+        check(
+            &mut v,
+            0,
+            &ALL,
+            &seen(&[1, 2, 3, 4], &table()),
+            &history(),
+            &table(),
+        );
+        assert!(v.ok(), "{v:?}");
+        assert_eq!(v.deliveries, 4);
+    }
+
+    #[test]
+    fn losses_duplicates_and_reordering_are_each_counted() {
+        let mut v = Verdict::default();
+        let s = seen(&[1, 3, 3, 2], &table());
+        check(&mut v, 0, &ALL, &s, &history(), &table());
+        assert_eq!((v.lost, v.duplicated, v.out_of_order), (1, 1, 1), "{v:?}");
+        assert!(!v.ok());
+    }
+
+    #[test]
+    fn a_filtered_client_must_get_what_matches_and_may_get_a_leave_but_nothing_else() {
+        let pending: BTreeMap<i64, String> = [(1, "pending".to_string()), (4, "pending".into())]
+            .into_iter()
+            .collect();
+        let mut v = Verdict::default();
+        check(
+            &mut v,
+            0,
+            &PENDING,
+            &seen(&[1, 3, 4], &pending),
+            &history(),
+            &table(),
+        );
+        assert!(v.ok(), "{v:?}");
+        let mut v = Verdict::default();
+        check(
+            &mut v,
+            0,
+            &PENDING,
+            &seen(&[1, 2, 4], &pending),
+            &history(),
+            &table(),
+        );
+        assert_eq!(v.foreign, 1, "{v:?}");
+    }
+
+    #[test]
+    fn a_reset_is_justified_only_by_a_prune_above_the_position_before_it() {
+        let before = Instant::now();
+        let mut h = history();
+        h.prunes.push(Pruned {
+            at: before,
+            upto: 2,
+        });
+        let mut s = seen(&[1, 4], &table());
+        s.resets.push(Reset {
+            since: 1,
+            head: 3,
+            at: before + Duration::from_millis(1),
+        });
+        let mut v = Verdict::default();
+        check(&mut v, 0, &ALL, &s, &h, &table());
+        assert_eq!((v.resets_justified, v.lost), (1, 0), "{v:?}");
+        s.resets[0].since = 2;
+        let mut v = Verdict::default();
+        check(&mut v, 0, &ALL, &s, &h, &table());
+        assert_eq!(v.resets_unjustified, 1, "{v:?}");
+    }
+
+    #[test]
+    fn a_view_that_differs_from_the_table_fails() {
+        let mut view = table();
+        view.insert(4, "shipped".into());
+        let mut v = Verdict::default();
+        check(
+            &mut v,
+            0,
+            &ALL,
+            &seen(&[1, 2, 3, 4], &view),
+            &history(),
+            &table(),
+        );
+        assert_eq!(v.views_wrong, 1);
+    }
+}

@@ -238,3 +238,20 @@ async fn terminate(url: &str) -> u64 {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_seed_draws_one_schedule_and_another_seed_another() {
+        let key = |p: &Vec<Planned>| serde_json::to_string(p).unwrap();
+        let a = plan(7, 600_000, 3_000);
+        assert!(a.len() > 100);
+        assert_eq!(key(&a), key(&plan(7, 600_000, 3_000)));
+        assert_ne!(key(&a), key(&plan(8, 600_000, 3_000)));
+        for kind in KINDS {
+            assert!(a.iter().any(|p| p.kind == kind), "{kind:?} never drawn");
+        }
+    }
+}
