@@ -24,15 +24,14 @@ while [ $# -gt 0 ]; do
     *) echo "chaos.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-if [ "$capture" != trigger ]; then
-  # rowcast has no --capture flag yet: trigger capture is the only mode.
-  echo "chaos.sh: --capture $capture is not supported by this rowcast (trigger only)" >&2
-  exit 2
-fi
+case "$capture" in
+  trigger|wal) ;;
+  *) echo "chaos.sh: --capture trigger|wal" >&2; exit 2 ;;
+esac
 
 cargo build --release -q -p rowcast --bin rowcast -p rowcast-load --bin rowcast-chaos
 if [ -n "$plan_only" ]; then
-  exec target/release/rowcast-chaos --plan-only --seconds "$seconds" --seed "$seed" \
+  exec target/release/rowcast-chaos --plan-only --seconds "$seconds" --seed "$seed" --capture "$capture" \
     --database-url x --rowcast x --pg-ctl x --log-dir x
 fi
 
@@ -105,4 +104,4 @@ else
 fi
 target/release/rowcast-chaos --seconds "$seconds" --seed "$seed" --clients "$clients" \
   --database-url "$URL" --rowcast target/release/rowcast --pg-ctl "$DIR/pg_ctl.sh" \
-  --log-dir "$logs" --ports "$ports" "${nginx_args[@]}" ${json:+--json "$json"}
+  --log-dir "$logs" --capture "$capture" --ports "$ports" "${nginx_args[@]}" ${json:+--json "$json"}

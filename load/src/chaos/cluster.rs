@@ -22,6 +22,8 @@ pub struct Setup {
     pub log_dir: PathBuf,
     /// `--send-timeout` of the replicas: a stalled client must outlast it.
     pub send_timeout: Duration,
+    /// `--capture` of the replicas: `trigger` or `wal`.
+    pub capture: String,
 }
 
 /// One replica: its port and, while it runs, its process.
@@ -64,6 +66,8 @@ impl Replica {
             .arg("--send-timeout")
             .arg(format!("{}ms", setup.send_timeout.as_millis()))
             .arg("--no-migrate")
+            .arg("--capture")
+            .arg(&setup.capture)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -132,6 +136,28 @@ pub async fn http_status(port: u16, path: &str) -> Option<u16> {
         .await
         .ok()
         .flatten()
+}
+
+/// Whether the replica on `port` says it holds the WAL capturer lock (its
+/// `rowcast_capturer` gauge is 1).
+pub async fn is_capturer(port: u16) -> bool {
+    let answer = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let request = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut body = Vec::new();
+        stream.read_to_end(&mut body).await.ok()?;
+        Some(
+            String::from_utf8_lossy(&body)
+                .lines()
+                .any(|l| l.trim() == "rowcast_capturer 1"),
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(2), answer)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// The code in an HTTP/1.1 status line.

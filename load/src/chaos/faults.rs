@@ -29,10 +29,13 @@ pub enum Kind {
     ClientStall,
     /// Retention deletes old history under the clients.
     Prune,
+    /// SIGKILL the replica holding the WAL capturer lock, restart it after the hold
+    /// (WAL mode only).
+    KillCapturer,
 }
 
 /// All kinds, for the report.
-pub const KINDS: [Kind; 7] = [
+pub const KINDS: [Kind; 8] = [
     Kind::KillReplica,
     Kind::PauseReplica,
     Kind::PgFastRestart,
@@ -40,6 +43,7 @@ pub const KINDS: [Kind; 7] = [
     Kind::TerminateBackends,
     Kind::ClientStall,
     Kind::Prune,
+    Kind::KillCapturer,
 ];
 
 /// One planned fault.
@@ -55,8 +59,9 @@ pub struct Planned {
     pub hold_ms: u64,
 }
 
-/// Draws the schedule: on average one fault every `mean_gap_ms`, over `run_ms`.
-pub fn plan(seed: u64, run_ms: u64, mean_gap_ms: u64) -> Vec<Planned> {
+/// Draws the schedule: on average one fault every `mean_gap_ms`, over `run_ms`; in
+/// WAL mode a share of replica kills hit the capturer.
+pub fn plan(seed: u64, run_ms: u64, mean_gap_ms: u64, wal: bool) -> Vec<Planned> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut at = 2_000;
     let mut out = Vec::new();
@@ -66,6 +71,7 @@ pub fn plan(seed: u64, run_ms: u64, mean_gap_ms: u64) -> Vec<Planned> {
             return out;
         }
         let kind = match rng.u8(..20) {
+            0 | 1 if wal => Kind::KillCapturer,
             0..=4 => Kind::KillReplica,
             5..=8 => Kind::PauseReplica,
             9 | 10 => Kind::PgFastRestart,
@@ -128,12 +134,23 @@ pub async fn apply(t: Arc<Targets>, p: Planned) -> Done {
     let started_ms = ms(t.start);
     let hold = Duration::from_millis(p.hold_ms);
     let (lifted, note) = match p.kind {
-        Kind::KillReplica | Kind::PauseReplica => {
-            let i = (p.target % t.replicas.len() as u64) as usize;
+        Kind::KillReplica | Kind::PauseReplica | Kind::KillCapturer => {
+            let mut i = (p.target % t.replicas.len() as u64) as usize;
+            if p.kind == Kind::KillCapturer {
+                for (j, r) in t.replicas.iter().enumerate() {
+                    // A replica another fault holds is not the capturer now.
+                    let Ok(port) = r.try_lock().map(|r| r.port) else {
+                        continue;
+                    };
+                    if cluster::is_capturer(port).await {
+                        i = j;
+                    }
+                }
+            }
             match t.replicas[i].try_lock() {
                 Err(_) => (false, format!("replica {i} busy")),
                 Ok(mut r) => {
-                    if p.kind == Kind::KillReplica {
+                    if p.kind != Kind::PauseReplica {
                         r.kill().await;
                         tokio::time::sleep(hold).await;
                         match r.restart(&t.setup, i) {
@@ -246,10 +263,13 @@ mod tests {
     #[test]
     fn one_seed_draws_one_schedule_and_another_seed_another() {
         let key = |p: &Vec<Planned>| serde_json::to_string(p).unwrap();
-        let a = plan(7, 600_000, 3_000);
+        let a = plan(7, 600_000, 3_000, true);
         assert!(a.len() > 100);
-        assert_eq!(key(&a), key(&plan(7, 600_000, 3_000)));
-        assert_ne!(key(&a), key(&plan(8, 600_000, 3_000)));
+        assert_eq!(key(&a), key(&plan(7, 600_000, 3_000, true)));
+        assert_ne!(key(&a), key(&plan(8, 600_000, 3_000, true)));
+        assert!(!plan(7, 600_000, 3_000, false)
+            .iter()
+            .any(|p| p.kind == Kind::KillCapturer));
         for kind in KINDS {
             assert!(a.iter().any(|p| p.kind == kind), "{kind:?} never drawn");
         }

@@ -72,6 +72,9 @@ struct Args {
     /// nginx in front of the replicas: a share of clients and REST calls go through it.
     #[arg(long)]
     nginx_port: Option<u16>,
+    /// The replicas' capture mode: `trigger` or `wal`.
+    #[arg(long, default_value = "trigger")]
+    capture: String,
     /// Only print the fault schedule the seed draws, and exit.
     #[arg(long)]
     plan_only: bool,
@@ -81,7 +84,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let run_ms = args.seconds * 1000;
     if args.plan_only {
-        for p in faults::plan(args.seed, run_ms, args.fault_gap_ms) {
+        for p in faults::plan(args.seed, run_ms, args.fault_gap_ms, args.capture == "wal") {
             println!("{}", serde_json::to_string(&p).unwrap_or_default());
         }
         return ExitCode::SUCCESS;
@@ -133,6 +136,7 @@ async fn run(args: Args) -> Result<bool, String> {
         pg_ctl: args.pg_ctl.clone(),
         log_dir: args.log_dir.clone(),
         send_timeout: Duration::from_secs(3),
+        capture: args.capture.clone(),
     };
     let db = faults::connect(&url)
         .await
@@ -146,7 +150,12 @@ async fn run(args: Args) -> Result<bool, String> {
     let base = base as u64;
     let initial = table(&db).await?;
     let start = Instant::now();
-    let plan = faults::plan(args.seed, args.seconds * 1000, args.fault_gap_ms);
+    let plan = faults::plan(
+        args.seed,
+        args.seconds * 1000,
+        args.fault_gap_ms,
+        args.capture == "wal",
+    );
     log(
         start,
         &format!(
@@ -365,6 +374,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let report = json!({
         "ok": ok,
         "seed": args.seed,
+        "capture": args.capture,
         "seconds": args.seconds,
         "clients": args.clients,
         "replicas": args.replicas,
@@ -408,8 +418,8 @@ fn print_human(r: &serde_json::Value) {
         }
     );
     println!(
-        "  seed {}, {} s, {} clients, {} replicas",
-        r["seed"], r["seconds"], r["clients"], r["replicas"]
+        "  seed {}, capture {}, {} s, {} clients, {} replicas",
+        r["seed"], r["capture"], r["seconds"], r["clients"], r["replicas"]
     );
     println!(
         "  faults applied {} of {} planned: {}",
