@@ -33,9 +33,6 @@ pub struct Verdict {
     pub views_wrong: u64,
     /// Clients whose view was not compared (they had a reset and keep no refetch).
     pub views_unverified: u64,
-    /// Rows filtered views still hold after they left the filter unannounced (no
-    /// `"view":"leave"` in this rowcast): not a violation, shown for the reader.
-    pub filtered_departed_rows: u64,
     /// Messages clients could not read.
     pub garbled: u64,
     /// A few examples of violations, for the reader.
@@ -61,15 +58,15 @@ impl Verdict {
     }
 }
 
-/// Whether a change must reach a client, and whether it may (a filtered UPDATE
-/// whose row leaves the filter is a `"view":"leave"` where live views exist).
+/// Whether a change must reach a client, and whether it may (the same since live
+/// views: a filtered UPDATE whose row leaves the filter is a `"view":"leave"`).
 fn wanted(spec: &Spec, c: &Logged) -> (bool, bool) {
     if !spec.filtered || c.op == "TRUNCATE" {
         return (true, true);
     }
-    let must = pending(c.row.as_ref());
-    let may = must || (c.op == "UPDATE" && pending(c.old.as_ref()));
-    (must, may)
+    // Live views: an UPDATE whose old row matched is delivered too (as `leave`).
+    let must = pending(c.row.as_ref()) || (c.op == "UPDATE" && pending(c.old.as_ref()));
+    (must, must)
 }
 
 /// The ids each client must receive, in order (used while waiting for the end too).
@@ -151,9 +148,8 @@ pub fn check(
         .filter(|(_, status)| !spec.filtered || *status == "pending")
         .map(|(k, v)| (*k, v.clone()))
         .collect();
-    // A filtered stream says nothing when a row leaves the filter (the filter tests
-    // the new row), unless live views send `"view":"leave"`: a filtered view may keep
-    // rows that left, but must hold every row that matches, as the table has it.
+    // A filtered view holds exactly the matching rows: rows that left were announced
+    // with `"view":"leave"` and removed.
     let wrong = expected
         .iter()
         .filter(|(k, v)| seen.view.get(k) != Some(v))
@@ -163,10 +159,7 @@ pub fn check(
         .keys()
         .filter(|k| !expected.contains_key(k))
         .count();
-    if spec.filtered {
-        verdict.filtered_departed_rows += extra as u64;
-    }
-    if wrong > 0 || (!spec.filtered && extra > 0) {
+    if wrong > 0 || extra > 0 {
         verdict.views_wrong += 1;
         verdict.example(format!(
             "client {index}: view has {} rows, table {}: {wrong} missing or different, {extra} extra",
@@ -263,7 +256,7 @@ mod tests {
     }
 
     #[test]
-    fn a_filtered_client_must_get_what_matches_and_may_get_a_leave_but_nothing_else() {
+    fn a_filtered_client_must_get_what_matches_and_every_leave_but_nothing_else() {
         let pending: BTreeMap<i64, String> = [(1, "pending".to_string()), (4, "pending".into())]
             .into_iter()
             .collect();
@@ -286,7 +279,22 @@ mod tests {
             &history(),
             &table(),
         );
-        assert_eq!(v.foreign, 1, "{v:?}");
+        assert_eq!((v.foreign, v.lost), (1, 1), "{v:?}");
+        let mut with_departed = pending.clone();
+        with_departed.insert(3, "shipped".into());
+        let mut v = Verdict::default();
+        check(
+            &mut v,
+            0,
+            &PENDING,
+            &seen(&[1, 3, 4], &with_departed),
+            &history(),
+            &table(),
+        );
+        assert_eq!(
+            v.views_wrong, 1,
+            "a row that left must leave the view: {v:?}"
+        );
     }
 
     #[test]

@@ -434,13 +434,8 @@ fn print_human(r: &serde_json::Value) {
         v["deliveries"], v["lost"], v["duplicated"], v["out_of_order"], v["foreign"], v["garbled"]
     );
     println!(
-        "  resets justified {}, unjustified {}; views wrong {}, unverified {}; \
-         rows that left filtered views unannounced {}",
-        v["resets_justified"],
-        v["resets_unjustified"],
-        v["views_wrong"],
-        v["views_unverified"],
-        v["filtered_departed_rows"]
+        "  resets justified {}, unjustified {}; views wrong {}, unverified {}",
+        v["resets_justified"], v["resets_unjustified"], v["views_wrong"], v["views_unverified"]
     );
     println!("  recovery after a fault (ms): {}", r["recovery_ms"]);
     println!("  /readyz 200 on every replica: {}", r["readyz_all_200"]);
