@@ -66,7 +66,9 @@ fn event(id: u64) -> Arc<Event> {
             "id": id, "customer_name": "Ada Lovelace", "product_name": "Analytical Engine manual",
             "status": "shipped", "updated_at": "2026-11-24T21:00:00.123456+00:00"
         })),
-        Some(json!({"id": id, "status": "pending"})),
+        // The old row is shipped too: with live views an UPDATE out of `pending` is a
+        // `leave` for `status=eq.pending`, and `filter_miss` must miss on both images.
+        Some(json!({"id": id, "status": "shipped", "customer_name": "Ada"})),
     )
 }
 
