@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod contract;
+pub mod either;
 pub mod process;
 pub mod proxy;
 pub mod wal;
@@ -23,6 +24,8 @@ use tokio::task::JoinHandle;
 
 #[allow(unused_imports)]
 pub use clients::{http, raw_exchange, HttpResponse, SseClient, SseEvent, WsClient, WsEnd};
+#[allow(unused_imports)]
+pub use either::{checked_sse, within, Client, Transport, BOTH};
 #[allow(unused_imports)]
 pub use process::GatewayProcess;
 
