@@ -42,19 +42,6 @@ fn ready(head: u64, replayed: usize) -> Value {
     json!({"type": "ready", "head": head.to_string(), "replayed": replayed})
 }
 
-/// Percent-encodes a query value.
-fn enc(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// `filter=<expression>`, encoded.
 fn filter(expression: &str) -> String {
     format!("filter={}", enc(expression))

@@ -29,19 +29,6 @@ fn deliveries(messages: &[Value]) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// Percent-encodes a query value.
-fn enc(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// The query of a stream with these filters (repeated `filter=`).
 fn query_of(filters: &[&str]) -> String {
     filters

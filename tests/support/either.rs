@@ -122,3 +122,16 @@ pub fn checked_sse(event: &SseEvent) -> Value {
     }
     message
 }
+
+/// Percent-encodes a query value.
+pub fn enc(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 #[allow(unused_imports)]
 pub use clients::{http, raw_exchange, HttpResponse, SseClient, SseEvent, WsClient, WsEnd};
 #[allow(unused_imports)]
-pub use either::{checked_sse, within, Client, Transport, BOTH};
+pub use either::{checked_sse, enc, within, Client, Transport, BOTH};
 #[allow(unused_imports)]
 pub use process::GatewayProcess;
 
