@@ -21,21 +21,21 @@ pub struct Replica {
 impl Replica {
     /// Switches `db` to WAL mode (if needed) and captures, until stopped.
     pub fn start(db: &TestDb) -> Replica {
-        let status = Arc::new(CaptureStatus::default());
-        let capturer = Capturer {
-            target: db.target.clone(),
-            capture: db.target.clone(),
-            slot: db.name.clone(),
-            status: Arc::clone(&status),
-        };
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(capturer.switch_and_run(stop.clone()));
-        Replica { status, stop, task }
+        Replica::spawn(db, |capturer, stop| capturer.switch_and_run(stop))
     }
 
     /// A capturer that never switches modes itself: it captures while the database is
     /// in WAL mode and stands by otherwise.
     pub fn standby(db: &TestDb) -> Replica {
+        Replica::spawn(db, |capturer, stop| capturer.run(stop))
+    }
+
+    /// A capturer of `db` (its slot named after the database), run by `run` until
+    /// stopped.
+    fn spawn<F>(db: &TestDb, run: impl FnOnce(Capturer, CancellationToken) -> F) -> Replica
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         let status = Arc::new(CaptureStatus::default());
         let capturer = Capturer {
             target: db.target.clone(),
@@ -44,7 +44,7 @@ impl Replica {
             status: Arc::clone(&status),
         };
         let stop = CancellationToken::new();
-        let task = tokio::spawn(capturer.run(stop.clone()));
+        let task = tokio::spawn(run(capturer, stop.clone()));
         Replica { status, stop, task }
     }
 
