@@ -14,6 +14,11 @@
 #   --smoke      a few seconds per scenario at small scale, one run: checks that the
 #                script and the harness work, not a measurement
 #   --keep DIR   keep every run's JSON report and gateway log in DIR
+#   --no-floor   skip the floor: by default each run of a load scenario with writes
+#                (notify source, trigger capture) is followed by the same harness run against
+#                rowcast-floor (load/src/floor), which writes each batch's pre-built
+#                bytes once per client and nothing else; rowcast's CPU per delivery
+#                is then stated as a ratio to it, measured minutes apart
 # Environment: PG_FSYNC=off to run the cluster without fsync (default: on, as shipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +29,7 @@ CRITERION=1
 CAPTURE=1
 SMOKE=0
 KEEP=""
+FLOOR=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
@@ -32,7 +38,8 @@ while [ $# -gt 0 ]; do
     --no-capture) CAPTURE=0; shift ;;
     --smoke) SMOKE=1; RUNS=1; CRITERION=0; CAPTURE=0; shift ;;
     --keep) KEEP=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --no-floor) FLOOR=0; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -45,6 +52,9 @@ SCENARIOS=(
   "one_x_100cps_notify|--source notify|--clients 1 --rate 100 --writers 1 --duration 20s"
   "one_x_100cps_poll|--source poll --poll-interval 500ms|--clients 1 --rate 100 --writers 1 --duration 20s"
   "one_x_100cps_wal|--source notify --capture wal|--clients 1 --rate 100 --writers 1 --duration 20s"
+  "one_x_2000cps_wal|--source notify --capture wal|--clients 1 --rate 2000 --writers 8 --writer-depth 8 --duration 60s"
+  "ws300_x_1000cps_trigger|--source notify|--clients 300 --ws-share 1 --rate 1000 --writers 8 --writer-depth 8 --duration 20s"
+  "ws300_x_1000cps_wal|--source notify --capture wal|--clients 300 --ws-share 1 --rate 1000 --writers 8 --writer-depth 8 --duration 20s"
   "idle19000_mixed|--source notify|--idle --clients 19000 --ws-share 0.5 --procs 2 --duration 10s --connect-timeout 60s --source-addrs 32"
 )
 # Run only when named with --only (ten minutes each): the soak of issue 5's targets.
@@ -109,6 +119,17 @@ stop_gateway() {
   wait "$GATEWAY_PID" 2>/dev/null || true
   GATEWAY_PID=""
 }
+start_floor() { # like start_gateway, for rowcast-floor (it is ready once it listens)
+  local port; port=$(free_port)
+  GATEWAY_ADDR="127.0.0.1:$port"
+  target/release/rowcast-floor --listen "$GATEWAY_ADDR" --database-url "$URL" 2>>"$DIR/floor.log" &
+  GATEWAY_PID=$!
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "rowcast-floor did not start; see its log:" >&2; tail -20 "$DIR/floor.log" >&2; exit 1
+}
 
 for entry in "${SCENARIOS[@]}"; do
   IFS='|' read -r name gw_flags load_flags <<<"$entry"
@@ -135,12 +156,26 @@ for entry in "${SCENARIOS[@]}"; do
       echo "   run $run: gateway RSS MiB every 10 s: $(tr '\n' ' ' <"$DIR/$name.$run.rss")"
     fi
     if [ "$status" -ge 2 ]; then echo "   run $run: harness error"; cat "$DIR/$name.$run.log"; exit 1; fi
+    # The floor right after, same harness flags. It follows the doorbell as
+    # `--source notify` does; WAL scenarios would need rowcast's capturer running.
+    if [ "$FLOOR" = 1 ] && [[ " $load_flags " != *" --idle "* ]] \
+       && [[ "$gw_flags" == *"--source notify"* ]] && [[ "$gw_flags" != *"--capture wal"* ]]; then
+      start_floor
+      # shellcheck disable=SC2086
+      target/release/rowcast-load --gateway "$GATEWAY_ADDR" --database-url "$URL" \
+        --gateway-pid "$GATEWAY_PID" --json $load_flags >"$DIR/$name.$run.floor.json" 2>"$DIR/$name.$run.floor.log" || status=$?
+      stop_gateway
+      if [ "$status" -ge 2 ]; then echo "   run $run: harness error (floor)"; cat "$DIR/$name.$run.floor.log"; exit 1; fi
+    fi
     if [ "$SMOKE" = 1 ]; then sed 's/^/   /' "$DIR/$name.$run.log"; fi
   done
   python3 - "$DIR" "$name" "$RUNS" <<'PY'
 import json, statistics, sys
 d, name, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import os
 reps = [json.load(open(f"{d}/{name}.{i}.json")) for i in range(1, runs + 1)]
+floors = [json.load(open(f"{d}/{name}.{i}.floor.json")) if os.path.exists(f"{d}/{name}.{i}.floor.json") else None
+          for i in range(1, runs + 1)]
 def med(path):
     vals = []
     for r in reps:
@@ -162,7 +197,8 @@ if reps[0]["setup"]["mode"] == "idle":
                show("idle RSS MiB", "gateway.idle.rss_bytes", "{:.1f}", 2**20),
                show("connect p99 ms", "connect.time.p99_ms")]
 else:
-    fields += [show("delivered", "deliveries.delivered", "{:.0f}"),
+    fields += [show("commits/s", "writes.achieved_rate", "{:.0f}"),
+               show("delivered", "deliveries.delivered", "{:.0f}"),
                show("of", "deliveries.expected", "{:.0f}"),
                show("missing", "verification.missing", "{:.0f}"),
                show("dup", "verification.duplicates", "{:.0f}"),
@@ -177,6 +213,13 @@ else:
                show("cores", "gateway.load_cpu_cores"),
                show("RSS max MiB", "gateway.load_max_rss_bytes", "{:.1f}", 2**20),
                show("harness µs/delivery", "harness.cpu_us_per_delivery", "{:.3f}")]
+    pairs = [(r["gateway"].get("cpu_us_per_delivery"), f["gateway"].get("cpu_us_per_delivery"), f["ok"])
+             for r, f in zip(reps, floors) if f is not None]
+    pairs = [(g, fl, ok) for g, fl, ok in pairs if g and fl]
+    if pairs:
+        fields += [f"floor µs/delivery {statistics.median(fl for _, fl, _ in pairs):.3f}"
+                   f" (ok {sum(1 for *_, ok in pairs if ok)}/{len(pairs)})",
+                   f"rowcast/floor {statistics.median(g / fl for g, fl, _ in pairs):.2f}×"]
 print("   median: " + ", ".join(fields))
 PY
 done
