@@ -103,6 +103,11 @@ echo; echo "== load scenarios: $RUNS run(s) each, fresh gateway per run, Postgre
 
 start_gateway() { # $1: extra gateway flags; sets GATEWAY_PID and GATEWAY_ADDR
   local port; port=$(free_port)
+  # A WAL scenario leaves the database in WAL mode (no triggers): switch it back before a
+  # trigger-mode gateway, else nothing would capture (the gateway only warns).
+  if [[ "$1" != *"--capture wal"* ]]; then
+    RUST_LOG=warn target/release/rowcast capture trigger --database-url "$URL" 2>>"$DIR/gateway.log" >/dev/null
+  fi
   GATEWAY_ADDR="127.0.0.1:$port"
   # shellcheck disable=SC2086
   RUST_LOG=warn target/release/rowcast --listen "$GATEWAY_ADDR" --database-url "$URL" $1 \

@@ -585,6 +585,102 @@ async fn a_tracked_table_missing_from_the_publication_is_refused_until_tracked_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_tracked_while_the_database_switches_to_wal_is_published() {
+    let db = TestDb::new();
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE invoices (id serial PRIMARY KEY, total int)")
+        .await
+        .unwrap();
+    // Hold the switch inside its transaction: it has listed the tracked tables and
+    // waits for `orders` (a lock taken without a transaction id, so the slot's creation
+    // does not wait for it).
+    let mut blocker = db.client().await;
+    let hold = blocker.transaction().await.unwrap();
+    hold.batch_execute("LOCK TABLE orders IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let capturer = Replica::start(&db);
+    let watcher = db.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: bool = watcher
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                                WHERE wait_event_type = 'Lock' AND query LIKE '%switch_to_wal%')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the switch never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // `track` meanwhile: it must end up as the switch leaves the database.
+    let tracker = db.client().await;
+    let track = tokio::spawn(async move {
+        tracker
+            .batch_execute("SELECT realtime.track('invoices')")
+            .await
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hold.commit().await.unwrap();
+    track.await.unwrap();
+    wal_mode(&db).await;
+
+    let client = db.client().await;
+    let published: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables
+                            WHERE pubname = 'rowcast' AND tablename = 'invoices')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let triggers: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'invoices'::regclass
+             AND tgname LIKE 'rowcast_capture%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        published,
+        "a table tracked during the switch is in the publication"
+    );
+    assert_eq!(triggers, 0, "and has no capture triggers left");
+    assert!(
+        capturer.status.refusal().is_none(),
+        "capture is not refused"
+    );
+
+    client
+        .batch_execute("INSERT INTO invoices (total) VALUES (42)")
+        .await
+        .unwrap();
+    applied(&db).await;
+    let rows = changes_after(&db, 0).await;
+    assert_eq!(
+        rows.iter()
+            .filter(|(table, ..)| table == "invoices")
+            .count(),
+        1,
+        "captured once: {rows:?}"
+    );
+    capturer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_role_without_replication_is_refused_loudly() {
     let db = TestDb::new();
     let role = format!("norepl_{}", db.name);

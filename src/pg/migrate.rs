@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "capture_wal",
         sql: include_str!("../../sql/0003_capture_wal.sql"),
     },
+    Migration {
+        version: 4,
+        name: "track_during_a_switch",
+        sql: include_str!("../../sql/0004_track_during_a_switch.sql"),
+    },
 ];
 
 /// 0x726f776d = 'rowm': held while migrating.
