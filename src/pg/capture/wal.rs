@@ -325,8 +325,29 @@ impl Stream<'_> {
             tokio::time::interval_at(tokio::time::Instant::now() + CHECK_INTERVAL, CHECK_INTERVAL);
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Committed transactions wait in the open batch only while more of the
+            // stream is already at hand (keepalives included: the server sends one
+            // each time decoding reaches the flushed WAL, between most transactions
+            // under load); the batch is applied as soon as the stream has nothing
+            // ready.
+            let batch_waiting = self.batch_end.is_some() && txn.is_none();
             let event = match held.take() {
                 Some(event) => event,
+                None if batch_waiting => match self.stream.recv().now_or_never() {
+                    Some(next) => match next? {
+                        Some(event) => event,
+                        None => {
+                            self.finish_batch().await?;
+                            return Ok(());
+                        }
+                    },
+                    None => {
+                        confirmed = self.finish_batch().await?;
+                        self.status
+                            .set_lag_bytes(server_end.saturating_sub(confirmed));
+                        continue;
+                    }
+                },
                 None => tokio::select! {
                     next = self.stream.recv() => match next? {
                         Some(event) => event,
@@ -386,21 +407,13 @@ impl Stream<'_> {
                     }
                     self.commits += 1;
                     self.batch_end = Some((lsn.0, end_lsn.0));
-                    // Batch the transactions that already arrived; apply as soon as
-                    // the next one is not at hand.
-                    if self.commits < MAX_BATCH_COMMITS {
-                        if let Some(next) = self.stream.recv().now_or_never() {
-                            let next = next?;
-                            let more = matches!(next, Some(ReplicationEvent::Begin { .. }));
-                            held = next;
-                            if more {
-                                continue;
-                            }
-                        }
+                    // The top of the loop applies the batch once nothing more is at
+                    // hand; a full one goes now.
+                    if self.commits >= MAX_BATCH_COMMITS {
+                        confirmed = self.finish_batch().await?;
+                        self.status
+                            .set_lag_bytes(server_end.saturating_sub(confirmed));
                     }
-                    confirmed = self.finish_batch().await?;
-                    self.status
-                        .set_lag_bytes(server_end.saturating_sub(confirmed));
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     server_end = server_end.max(wal_end.0);
@@ -517,6 +530,7 @@ impl Stream<'_> {
         )
         .await??;
         self.open = false;
+        tracing::debug!(commits = self.commits, "capture batch applied");
         self.commits = 0;
         self.applied = commit_lsn;
         self.status.set_lsn(commit_lsn);
