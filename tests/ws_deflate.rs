@@ -317,7 +317,6 @@ async fn a_compressed_ping_gets_a_pong_and_a_compression_bomb_gets_1009() {
 async fn python_websockets_negotiates_deflate_and_reads_the_same_changes() {
     let db = TestDb::new();
     let server = start(&db, db.config()).await;
-    let python = python_tool("python");
     let script = r#"
 import asyncio, json, sys
 from websockets.asyncio.client import connect
@@ -331,7 +330,7 @@ async def main():
             if kind == "ready":
                 await ws.send('{"type":"ping","pad":"' + "p" * 600 + '"}')
             elif kind == "pong":
-                print(json.dumps({"pong": True}), flush=True)
+                print('{"pong":true}', flush=True)
             elif kind == "change":
                 print(message, flush=True)
                 changes += 1
@@ -340,17 +339,83 @@ async def main():
 
 asyncio.run(main())
 "#;
-    let mut child = tokio::process::Command::new(python)
+    let mut python = tokio::process::Command::new(python_tool("python"));
+    python
         .arg("-c")
         .arg(script)
-        .arg(format!("ws://{}/ws", server.addr))
+        .arg(format!("ws://{}/ws", server.addr));
+    reads_what_a_plain_client_reads(&db, &server, python).await;
+}
+
+/// Chromium (Debian's, driven by playwright-core like tests/browser.rs): a page's
+/// WebSocket offers permessage-deflate; the page reports what was negotiated
+/// (`WebSocket.extensions`) and the changes it read.
+#[tokio::test]
+async fn chromium_negotiates_deflate_and_reads_the_same_changes() {
+    let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/harness.mjs");
+    assert!(
+        std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/ui/node_modules/playwright-core"
+        ))
+        .exists(),
+        "the UI tests' packages are missing: run `npm ci` in tests/ui (scripts/test does)"
+    );
+    let db = TestDb::new();
+    let server = start(&db, db.config()).await;
+    let script = format!(
+        r#"
+import {{ launchBrowser }} from '{harness}';
+const [addr] = process.argv.slice(1);
+const browser = await launchBrowser();
+try {{
+  const page = await browser.newPage();
+  await page.exposeFunction('report', (line) => console.log(line));
+  await page.goto(`http://${{addr}}/healthz`);
+  await page.evaluate((url) => new Promise((resolve, reject) => {{
+    const ws = new WebSocket(url);
+    let changes = 0;
+    ws.onopen = () => report(JSON.stringify({{ extensions: ws.extensions }}));
+    ws.onerror = () => reject(new Error('WebSocket error'));
+    ws.onmessage = (e) => {{
+      const kind = JSON.parse(e.data).type;
+      if (kind === 'ready') ws.send('{{"type":"ping","pad":"' + 'p'.repeat(600) + '"}}');
+      else if (kind === 'pong') report('{{"pong":true}}');
+      else if (kind === 'change') {{
+        report(e.data);
+        if (++changes === 2) {{ ws.close(); resolve(); }}
+      }}
+    }};
+  }}), `ws://${{addr}}/ws`);
+}} finally {{
+  await browser.close();
+}}
+"#
+    );
+    let mut node = tokio::process::Command::new("node");
+    node.arg("--input-type=module")
+        .arg("-e")
+        .arg(script)
+        .arg(server.addr.to_string());
+    reads_what_a_plain_client_reads(&db, &server, node).await;
+}
+
+/// Runs a deflate-capable client that prints, one JSON line each: what it negotiated,
+/// `{"pong":true}` once its (compressible) ping was answered, then the first two
+/// changes it reads. Checks that it negotiated permessage-deflate and read exactly
+/// what a client without compression read.
+async fn reads_what_a_plain_client_reads(
+    db: &TestDb,
+    server: &TestServer,
+    mut command: tokio::process::Command,
+) {
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("run python");
+        .expect("run the client");
     let mut plain = WsClient::connect(server.addr, "").await;
     plain.until_ready().await;
-    // Wait for Python's pong before committing, so that it is live when they land.
     let stdout = child.stdout.take().unwrap();
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
     let negotiated: Value = serde_json::from_str(&next_line(&mut lines).await).unwrap();
@@ -358,10 +423,10 @@ asyncio.run(main())
         negotiated["extensions"],
         "permessage-deflate; server_no_context_takeover"
     );
-    assert_eq!(next_line(&mut lines).await, r#"{"pong": true}"#);
-    insert_small_and_large(&db).await;
-    let expected = plain.changes(2).await;
-    for change in expected {
+    // Live before the rows are committed.
+    assert_eq!(next_line(&mut lines).await, r#"{"pong":true}"#);
+    insert_small_and_large(db).await;
+    for change in plain.changes(2).await {
         let got: Value = serde_json::from_str(&next_line(&mut lines).await).unwrap();
         assert_eq!(got, change);
     }
@@ -369,13 +434,13 @@ asyncio.run(main())
     assert!(status.unwrap().success());
 }
 
-/// The next line the Python client printed.
+/// The next line a client printed.
 async fn next_line(
     lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 ) -> String {
     tokio::time::timeout(WAIT, lines.next_line())
         .await
-        .expect("python said nothing in time")
+        .expect("the client said nothing in time")
         .unwrap()
-        .expect("python ended early")
+        .expect("the client ended early")
 }
