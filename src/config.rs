@@ -200,7 +200,7 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_WS_MAX_MESSAGE,
           value_parser = count::<usize>)]
     pub ws_max_message: usize,
-    /// Compress WebSocket messages of at least N bytes for clients that offer
+    /// Compress change events of at least N bytes for WebSocket clients that offer
     /// permessage-deflate; 0: never negotiate it.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_WS_COMPRESS_MIN)]
     pub ws_compress_min: usize,
@@ -670,6 +670,15 @@ mod tests {
         let env = serve(&[], &[("ROWCAST_RETENTION_INTERVAL", "1m")]).unwrap();
         assert_eq!(env.retention_interval, Duration::from_secs(60));
         assert!(serve(&["--retention-interval", "0s"], &[]).is_err());
+    }
+
+    #[test]
+    fn the_ws_compression_threshold_has_a_flag_and_an_environment_form_and_0_is_off() {
+        let flag = serve(&["--ws-compress-min", "0"], &[]).unwrap();
+        assert_eq!(flag.ws_compress_min, 0);
+        let env = serve(&[], &[("ROWCAST_WS_COMPRESS_MIN", "4096")]).unwrap();
+        assert_eq!(env.ws_compress_min, 4096);
+        assert!(serve(&["--ws-compress-min", "-1"], &[]).is_err());
     }
 
     #[test]

@@ -67,15 +67,11 @@ impl Frame {
         }
     }
 
-    /// The text frame of `text`, compressed when `compress_min` is set (the client
-    /// negotiated permessage-deflate), the text is at least that long and deflate
-    /// shrinks it. Used per send for the small control messages; change events keep
-    /// theirs (see [`crate::event::Event::ws_frame`]).
-    pub fn text(text: Bytes, compress_min: Option<usize>) -> Frame {
-        match compress_min.and_then(|min| compressed_text(&text, min)) {
-            Some(frame) => frame,
-            None => Frame::new(TEXT, false, text),
-        }
+    /// An uncompressed text frame. Messages framed per client (control messages,
+    /// replies) go this way: compressing them would cost CPU per client; change
+    /// events are compressed once each (see [`crate::event::Event::ws_frame`]).
+    pub fn text(text: Bytes) -> Frame {
+        Frame::new(TEXT, false, text)
     }
 
     /// The header bytes.
@@ -147,9 +143,9 @@ mod tests {
             "[{}]",
             r#"{"id":1,"status":"pending"},"#.repeat(40)
         ));
-        assert!(Frame::text(long.clone(), Some(512)).compressed());
-        assert!(!Frame::text(long.clone(), Some(long.len() + 1)).compressed());
-        assert!(!Frame::text(long, None).compressed());
+        assert!(compressed_text(&long, 512).unwrap().compressed());
+        assert!(compressed_text(&long, long.len() + 1).is_none());
+        assert!(!Frame::text(long).compressed());
         // Text that deflate cannot shrink goes plain.
         assert!(compressed_text(b"ab", 1).is_none());
     }

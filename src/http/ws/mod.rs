@@ -178,8 +178,8 @@ struct WsSink<S> {
     read: BytesMut,
     /// Turns client frames into messages, enforcing the protocol.
     reader: Reader,
-    /// `--ws-compress-min` when the client negotiated permessage-deflate: messages at
-    /// least this long go compressed.
+    /// `--ws-compress-min` when the client negotiated permessage-deflate: change
+    /// events at least this long go compressed.
     compress_min: Option<usize>,
     /// `--send-timeout`: how long a write may wait on a client that does not read.
     send_timeout: Duration,
@@ -240,9 +240,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Sink for WsSink<S> {
         let frame = match message {
             None => return Err(End::Gone),
             Some(Err(code)) => return Err(End::Fault(code)),
-            Some(Ok(Incoming::Text(text))) => {
-                Frame::text(Bytes::from(client_text(&text)), self.compress_min)
-            }
+            Some(Ok(Incoming::Text(text))) => Frame::text(Bytes::from(client_text(&text))),
             Some(Ok(Incoming::Ping(payload))) => Frame::new(frame::PONG, false, payload),
             Some(Ok(Incoming::Pong)) => {
                 self.missed_pongs = 0;
@@ -266,25 +264,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Sink for WsSink<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
     /// Writes a batch (and a heartbeat and ping after it) as one vectored write:
-    /// events as their shared frames, control messages framed here.
+    /// events as their shared frames (compressed once, for every client that
+    /// negotiated permessage-deflate), control messages framed here, uncompressed:
+    /// they are this client's own (a snapshot page too), and compressing them would
+    /// cost CPU per client.
     async fn write_items(&mut self, items: &[Item], heartbeat: Option<u64>) -> Sent<CloseCode> {
-        let min = self.compress_min;
         self.own.clear();
         for item in items {
             if let Item::Control(control) = item {
-                self.own.push(Frame::text(Bytes::from(control.json()), min));
+                self.own.push(Frame::text(Bytes::from(control.json())));
             }
         }
         if let Some(position) = heartbeat {
             let json = Control::Heartbeat { position }.json();
-            self.own.push(Frame::text(Bytes::from(json), min));
+            self.own.push(Frame::text(Bytes::from(json)));
             self.own.push(Frame::new(frame::PING, false, Bytes::new()));
         }
         let frames = BatchFrames {
             items: items.iter(),
             own: &self.own,
             next_own: 0,
-            compress_min: min,
+            compress_min: self.compress_min,
         };
         let mut deadline = SendDeadline::new(self.send_timeout);
         writer::write_frames(&mut self.io, frames, &mut deadline, &mut self.unsent).await
