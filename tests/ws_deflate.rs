@@ -158,21 +158,7 @@ impl DeflateClient {
 
     /// Sends a masked frame with the given first header byte.
     async fn send(&mut self, first: u8, payload: &[u8]) {
-        let mask = [0x11u8, 0x22, 0x33, 0x44];
-        let mut frame = vec![first];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= 65_535 => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = rowcast::testing::client_frame(first, payload, [0x11, 0x22, 0x33, 0x44]);
         let _ = self.stream.write_all(&frame).await;
     }
 }

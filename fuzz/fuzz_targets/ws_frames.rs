@@ -9,8 +9,8 @@
 //!   the same close code (or wants more bytes) both ways.
 //! - A model: a list of text messages (ASCII or multibyte), each split into 1 to 4
 //!   fragments, maybe compressed (RSV1, raw DEFLATE with the tail dropped, by flate2
-//!   directly), maybe with a ping between fragments, framed and masked here. The
-//!   reader returns exactly those messages and pings, in order, until the first
+//!   directly), maybe with a ping between fragments, framed and masked as a client
+//!   does (`rowcast::testing::client_frame`). The reader returns exactly those messages and pings, in order, until the first
 //!   message whose text is over the limit, which closes with 1009.
 
 #![no_main]
@@ -20,6 +20,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use rowcast::http::error::CloseCode;
 use rowcast::http::ws::reader::{Incoming, Reader};
+use rowcast::testing::client_frame;
 
 const MAX: usize = 1024;
 
@@ -45,25 +46,6 @@ fn run(bytes: &[u8], deflate: Option<bool>, step: usize) -> (Vec<Incoming>, Opti
         assert!(reader.wanted(&buf) >= 1);
     }
     (out, None)
-}
-
-/// A masked client frame.
-fn frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![first];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 65_535 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
 }
 
 /// Raw DEFLATE, sync-flushed, tail dropped: what a client without context takeover
@@ -117,12 +99,20 @@ fn model(u: &mut Unstructured) -> Result<()> {
         for (i, end) in cuts.iter().enumerate() {
             let last = i + 1 == cuts.len();
             let opcode = if i == 0 { 0x1 } else { 0x0 };
-            let rsv1 = if i == 0 && message.compressed { 0x40 } else { 0 };
+            let rsv1 = if i == 0 && message.compressed {
+                0x40
+            } else {
+                0
+            };
             let fin = if last { 0x80 } else { 0 };
-            wire.extend(frame(fin | rsv1 | opcode, &payload[start..*end], message.mask));
+            wire.extend(client_frame(
+                fin | rsv1 | opcode,
+                &payload[start..*end],
+                message.mask,
+            ));
             start = *end;
             if !last && message.ping_between {
-                wire.extend(frame(0x89, b"p", message.mask));
+                wire.extend(client_frame(0x89, b"p", message.mask));
             }
         }
         if expected_end.is_some() {
@@ -132,7 +122,8 @@ fn model(u: &mut Unstructured) -> Result<()> {
         // limit (a ping after it is never read); an earlier ping is.
         let over = text.len() > MAX;
         if message.ping_between && cuts.len() > 1 && !over {
-            expected.extend((1..cuts.len()).map(|_| Incoming::Ping(bytes::Bytes::from_static(b"p"))));
+            expected
+                .extend((1..cuts.len()).map(|_| Incoming::Ping(bytes::Bytes::from_static(b"p"))));
         }
         if over {
             expected_end = Some(CloseCode::MessageTooBig);
