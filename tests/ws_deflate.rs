@@ -146,6 +146,16 @@ impl DeflateClient {
         }
     }
 
+    /// Reads up to the server's close frame; its status code.
+    async fn until_close(&mut self) -> u16 {
+        loop {
+            let frame = self.frame().await.expect("a close frame");
+            if frame.opcode() == 0x8 {
+                return u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
+            }
+        }
+    }
+
     /// The next text frame (heartbeats skipped).
     async fn text(&mut self) -> WireFrame {
         loop {
@@ -252,13 +262,7 @@ async fn with_ws_compress_min_0_no_extension_is_negotiated() {
     client
         .send(0x80 | 0x40 | 0x1, &deflate(br#"{"type":"ping"}"#))
         .await;
-    let close = loop {
-        let frame = client.frame().await.expect("a close frame");
-        if frame.opcode() == 0x8 {
-            break frame;
-        }
-    };
-    assert_eq!(close.payload[..2], 1002u16.to_be_bytes());
+    assert_eq!(client.until_close().await, 1002);
 }
 
 #[tokio::test]
@@ -282,13 +286,7 @@ async fn a_compressed_ping_gets_a_pong_and_a_compression_bomb_gets_1009() {
     let bomb = deflate(&vec![b'0'; 10 << 20]);
     assert!(bomb.len() < 64 * 1024);
     client.send(0x80 | 0x40 | 0x1, &bomb).await;
-    let close = loop {
-        let frame = client.frame().await.expect("a close frame");
-        if frame.opcode() == 0x8 {
-            break frame;
-        }
-    };
-    assert_eq!(close.payload[..2], 1009u16.to_be_bytes());
+    assert_eq!(client.until_close().await, 1009);
     let metrics = http(server.addr, "GET", "/metrics", &[], None).await.body;
     assert!(
         metrics.contains("rowcast_limit_rejections_total{limit=\"ws_message_size\"} 1"),
