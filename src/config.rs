@@ -63,6 +63,9 @@ pub const MIN_HEADER_BYTES: usize = 8192;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Default largest WebSocket client message (the contract's 64 KiB).
 pub const DEFAULT_WS_MAX_MESSAGE: usize = 64 * 1024;
+/// Default `--ws-compress-min`: shorter messages gain little from deflate (an event
+/// of the orders table is about 250 bytes).
+pub const DEFAULT_WS_COMPRESS_MIN: usize = 512;
 /// Default directory of the embedded server's data.
 pub const DEFAULT_DATA_DIR: &str = ".rowcast";
 
@@ -197,6 +200,10 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_WS_MAX_MESSAGE,
           value_parser = count::<usize>)]
     pub ws_max_message: usize,
+    /// Compress change events of at least N bytes for WebSocket clients that offer
+    /// permessage-deflate; 0: never negotiate it.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_WS_COMPRESS_MIN)]
+    pub ws_compress_min: usize,
     /// Comma-separated origins allowed by CORS, or *; none: no CORS headers.
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = origin)]
     pub cors_origins: Vec<String>,
@@ -666,6 +673,15 @@ mod tests {
     }
 
     #[test]
+    fn the_ws_compression_threshold_has_a_flag_and_an_environment_form_and_0_is_off() {
+        let flag = serve(&["--ws-compress-min", "0"], &[]).unwrap();
+        assert_eq!(flag.ws_compress_min, 0);
+        let env = serve(&[], &[("ROWCAST_WS_COMPRESS_MIN", "4096")]).unwrap();
+        assert_eq!(env.ws_compress_min, 4096);
+        assert!(serve(&["--ws-compress-min", "-1"], &[]).is_err());
+    }
+
+    #[test]
     fn database_url_precedence_is_flag_rowcast_env_database_url_then_pg_vars() {
         let name = |config: Config| match config.database {
             Database::Target(t) => t.to_string(),
@@ -825,6 +841,7 @@ mod tests {
         assert_eq!(config.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(config.ws_max_message, DEFAULT_WS_MAX_MESSAGE);
+        assert_eq!(config.ws_compress_min, DEFAULT_WS_COMPRESS_MIN);
         assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(config.cors_origins.is_empty() && config.auth_token.is_none());
         assert!(config.jwt_secret.is_none() && !config.auth_streams);

@@ -1,7 +1,9 @@
 //! A captured change and its wire forms, encoded once when it enters the gateway.
 //!
-//! Every subscriber that sends an event shares the same bytes: the WebSocket text
-//! (`Utf8Bytes`, cloned by refcount) and the SSE block (`Bytes`).
+//! Every subscriber that sends an event shares the same bytes: the WebSocket frame
+//! (its header built once, its payload a slice of the SSE block), the compressed
+//! WebSocket frame (built by the first permessage-deflate client that needs it), and
+//! the SSE block.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +12,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::http::ws::frame::{self, Frame};
 
 /// The kind of change a row underwent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -115,8 +118,13 @@ pub struct Event {
     pub committed_at_micros: i64,
     /// Commit time as sent (RFC 3339, UTC), kept to encode the view forms.
     committed_at: String,
-    /// The JSON message, as a WebSocket text payload.
-    pub json: Utf8Bytes,
+    /// The JSON message as a WebSocket text frame: header and payload (the SSE
+    /// block's `data:` line), written as they are by every WebSocket subscriber.
+    ws: Frame,
+    /// The permessage-deflate form of `ws`, compressed once by the first client that
+    /// negotiated it; `None` inside: below `--ws-compress-min`, or deflate does not
+    /// shrink it.
+    ws_deflated: OnceLock<Option<Frame>>,
     /// The same message as one SSE block (`id:`, `event:`, `data:`, blank line).
     pub sse: Bytes,
     /// Set by the first transport that sends the event, so that commit→send latency is
@@ -159,16 +167,15 @@ struct ChangeMessage<'a> {
     committed_at: &'a str,
 }
 
-/// The two wire forms of one message, sharing one buffer: the SSE block and, inside
-/// it, the WebSocket text (its `data:` line).
-fn encode(id: u64, message: &ChangeMessage<'_>) -> (Utf8Bytes, Bytes) {
+/// The two wire forms of one message, sharing one buffer: the SSE block and the
+/// WebSocket text frame, whose payload is the block's `data:` line.
+fn encode(id: u64, message: &ChangeMessage<'_>) -> (Frame, Bytes) {
     // Serialising a map of Values into a Vec cannot fail.
     let json = serde_json::to_string(message).unwrap_or_default();
     let sse = sse_block(Some(id), "change", &json);
     // The block ends with the data and "\n\n".
     let data = sse.slice(sse.len() - 2 - json.len()..sse.len() - 2);
-    let json = Utf8Bytes::try_from(data).unwrap_or_else(|_| Utf8Bytes::from(json));
-    (json, sse)
+    (Frame::new(frame::TEXT, false, data), sse)
 }
 
 impl Event {
@@ -205,7 +212,7 @@ impl Event {
         };
         // The WebSocket text is the SSE block's `data:` line: one buffer, held once
         // in the ring.
-        let (json, sse) = encode(id, &message);
+        let (ws, sse) = encode(id, &message);
         Ok(Event {
             id,
             table: Arc::from(record.table),
@@ -214,7 +221,8 @@ impl Event {
             old,
             committed_at_micros: record.committed_at_micros,
             committed_at,
-            json,
+            ws,
+            ws_deflated: OnceLock::new(),
             sse,
             first_sent: AtomicBool::new(false),
             enter: OnceLock::new(),
@@ -241,7 +249,7 @@ impl Event {
                 old: self.old.as_ref(),
                 committed_at: &self.committed_at,
             };
-            let (json, sse) = encode(self.id, &message);
+            let (ws, sse) = encode(self.id, &message);
             Arc::new(Event {
                 id: self.id,
                 table: Arc::clone(&self.table),
@@ -250,7 +258,8 @@ impl Event {
                 old: None,
                 committed_at_micros: self.committed_at_micros,
                 committed_at: String::new(),
-                json,
+                ws,
+                ws_deflated: OnceLock::new(),
                 sse,
                 first_sent: AtomicBool::new(false),
                 enter: OnceLock::new(),
@@ -258,6 +267,26 @@ impl Event {
                 origin: Arc::downgrade(self),
             })
         })
+    }
+
+    /// The JSON message (a WebSocket text payload, the SSE block's data), for
+    /// inspection: the transports send the frame and the block as bytes.
+    pub fn json(&self) -> &str {
+        // Built from a `String`; checked here rather than trusted without `unsafe`.
+        std::str::from_utf8(self.ws.payload()).unwrap_or_default()
+    }
+
+    /// The WebSocket frame to send: the compressed one when the client negotiated
+    /// permessage-deflate (`compress_min` is `--ws-compress-min`, the same for every
+    /// client) and compression applies, else the plain one. Either is built once.
+    pub fn ws_frame(&self, compress_min: Option<usize>) -> &Frame {
+        compress_min
+            .and_then(|min| {
+                self.ws_deflated
+                    .get_or_init(|| frame::compressed_text(self.ws.payload(), min))
+                    .as_ref()
+            })
+            .unwrap_or(&self.ws)
     }
 
     /// True exactly once: for the first caller after the event was created (a view
@@ -376,6 +405,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn json_of(event: &Event) -> &str {
+        event.json()
+    }
+
     fn record(op: &str, row: Option<Value>, old: Option<Value>) -> ChangeRecord {
         crate::testing::record(42, "orders", op, row, old)
     }
@@ -388,7 +421,7 @@ mod tests {
             Some(json!({"id": 1, "status": "pending"})),
         ))
         .unwrap();
-        let parsed: Value = serde_json::from_str(event.json.as_str()).unwrap();
+        let parsed: Value = serde_json::from_str(json_of(&event)).unwrap();
         assert_eq!(
             parsed,
             json!({"type":"change","id":"42","table":"orders","op":"UPDATE",
@@ -401,18 +434,23 @@ mod tests {
         assert_eq!(sse.matches('\n').count(), 4);
         // The WebSocket text is the block's data line, in the same buffer.
         let data = sse.lines().nth(2).unwrap().strip_prefix("data: ").unwrap();
-        assert_eq!(event.json.as_str(), data);
+        assert_eq!(json_of(&event), data);
         let range = event.sse.as_ptr_range();
-        assert!(range.contains(&event.json.as_str().as_ptr()));
+        assert!(range.contains(&json_of(&event).as_ptr()));
+        // The WebSocket frame is that payload behind its header.
+        let plain = event.ws_frame(None);
+        assert_eq!(plain.head(), [0x81, 126, 0, data.len() as u8]);
+        assert_eq!(plain.payload().as_ptr(), json_of(&event).as_ptr());
+        assert!(std::ptr::eq(plain, event.ws_frame(Some(4096))));
     }
 
     #[test]
     fn truncate_has_no_row_and_insert_has_no_old() {
         let truncate = Event::from_record(record("TRUNCATE", None, None)).unwrap();
-        assert!(!truncate.json.as_str().contains("\"row\""));
+        assert!(!json_of(&truncate).contains("\"row\""));
         let insert =
             Event::from_record(record("insert", Some(json!({"id": 1})), Some(json!({})))).unwrap();
-        assert!(!insert.json.as_str().contains("\"old\""));
+        assert!(!json_of(&insert).contains("\"old\""));
         assert_eq!(insert.op, Op::Insert);
     }
 
@@ -433,12 +471,9 @@ mod tests {
             let row: Value = serde_json::from_str(&format!(r#"{{"reading":{text}}}"#)).unwrap();
             let event = Event::from_record(record("INSERT", Some(row), None)).unwrap();
             assert!(
-                event
-                    .json
-                    .as_str()
-                    .contains(&format!(r#""reading":{text}}}"#)),
+                json_of(&event).contains(&format!(r#""reading":{text}}}"#)),
                 "{text} became {}",
-                event.json.as_str()
+                json_of(&event)
             );
         }
     }

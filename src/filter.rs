@@ -766,11 +766,11 @@ mod tests {
         let first = pending.selection.pick(&moved).unwrap();
         let second = pending.selection.pick(&moved).unwrap();
         assert!(Arc::ptr_eq(&first, &second));
-        let message: Value = serde_json::from_str(first.json.as_str()).unwrap();
+        let message: Value = serde_json::from_str(first.json()).unwrap();
         assert_eq!(message["view"], "leave");
         assert_eq!(message["row"], json!({"status": "shipped"}));
         assert_eq!(message["old"], json!({"status": "pending"}));
-        assert!(!moved.json.as_str().contains("view"));
+        assert!(!moved.json().contains("view"));
         assert!(std::str::from_utf8(&first.sse)
             .unwrap()
             .starts_with("id: 7\nevent: change\ndata: {"));

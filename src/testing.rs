@@ -111,3 +111,24 @@ impl SnapshotRead for Rows {
         Box::pin(std::future::ready(Ok(page)))
     }
 }
+
+/// A masked client WebSocket frame whose first header byte is `first` (FIN, RSV bits,
+/// opcode): what a client sends, for the frame reader's tests, its fuzz target and
+/// the socket tests.
+pub fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![first];
+    match payload.len() {
+        len @ 0..=125 => out.push(0x80 | len as u8),
+        len @ 126..=65_535 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}

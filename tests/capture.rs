@@ -99,14 +99,11 @@ async fn table_events(db: &TestDb) -> Vec<Arc<Event>> {
 }
 
 fn wire(events: &[Arc<Event>]) -> Vec<(u64, String)> {
-    events
-        .iter()
-        .map(|e| (e.id, e.json.as_str().to_owned()))
-        .collect()
+    events.iter().map(|e| (e.id, e.json().to_owned())).collect()
 }
 
 fn message(event: &Event) -> Value {
-    serde_json::from_str(event.json.as_str()).unwrap()
+    serde_json::from_str(event.json()).unwrap()
 }
 
 /// What the writers know they committed.
@@ -296,9 +293,9 @@ async fn writers_are_seen_exactly_once_in_commit_order(mode: CaptureMode) {
     // No rolled-back change ever appears.
     for event in &events {
         assert!(
-            !event.json.as_str().contains("rollback-"),
+            !event.json().contains("rollback-"),
             "rolled-back change: {}",
-            event.json.as_str()
+            event.json()
         );
     }
     // Every committed insert and update exactly once.
@@ -668,7 +665,7 @@ async fn numbers_reach_clients_digit_for_digit() {
         .await
         .unwrap();
     let events = table_events(&db).await;
-    let json = events[0].json.as_str();
+    let json = events[0].json();
     assert!(
         json.contains(r#""exact":12345678901234567890.1234567890"#),
         "{json}"

@@ -30,27 +30,6 @@ const OPENAPI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml");
 /// Bound on the whole schemathesis run.
 const RUN_LIMIT: Duration = Duration::from_secs(110);
 
-/// A program of the virtualenv scripts/test installs from PyPI: `ROWCAST_PYTHON_TOOLS`
-/// (scripts/test sets it) or its default place in the cache directory.
-fn python_tool(name: &str) -> PathBuf {
-    let venv = std::env::var_os("ROWCAST_PYTHON_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .unwrap_or_default()
-                .join("rowcast/python-tools")
-        });
-    let tool = venv.join("bin").join(name);
-    assert!(
-        tool.exists(),
-        "{name} is missing at {}: run scripts/test, which installs it from PyPI",
-        tool.display()
-    );
-    tool
-}
-
 /// Runs a checker to the end; panics with its output unless it succeeds.
 fn run_checker(command: &mut Command, what: &str) -> String {
     let output = command

@@ -4,7 +4,7 @@
 //! any letter case, or any text), row and old (bounded-depth JSON, or absent),
 //! committed_at. Model: `Ok` exactly when id > 0, the op is known, and the row is
 //! absent, null or an object (or the op is TRUNCATE); the error names the first rule
-//! broken. Invariants when `Ok`: `event.json` is a JSON object with exactly the
+//! broken. Invariants when `Ok`: `event.json()` is a JSON object with exactly the
 //! documented members (`type == "change"`, `id` == the id as a string, the table, the
 //! op in upper case, `row` unless TRUNCATE or absent, `old` only for UPDATE,
 //! `committed_at`), holds no CR or LF, and `event.sse` is exactly
@@ -151,10 +151,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(&*event.table, record.table);
     assert_eq!(event.row, row);
 
-    let json = event.json.as_str();
+    let json = event.json();
     assert!(!json.contains(['\n', '\r']), "raw newline in {json:?}");
-    let parsed: Value = serde_json::from_str(json).expect("event.json is JSON");
-    let members = parsed.as_object().expect("event.json is an object");
+    let parsed: Value = serde_json::from_str(json).expect("event.json() is JSON");
+    let members = parsed.as_object().expect("event.json() is an object");
     assert_eq!(parsed["type"], "change");
     assert_eq!(parsed["id"], id.to_string());
     assert_eq!(parsed["table"], record.table.as_str());
@@ -168,5 +168,10 @@ fuzz_target!(|data: &[u8]| {
     let sse = std::str::from_utf8(&event.sse).expect("the SSE block is UTF-8");
     assert_eq!(sse, format!("id: {id}\nevent: change\ndata: {json}\n\n"));
     assert_eq!(sse.matches('\n').count(), 4);
+    // The WebSocket frame is the same JSON behind its header, built once.
+    let frame = event.ws_frame(None);
+    assert_eq!(&frame.payload()[..], json.as_bytes());
+    assert_eq!(frame.head()[0], 0x81);
+    assert!(std::ptr::eq(frame, event.ws_frame(Some(usize::MAX))));
     assert!(!sse.contains('\r'));
 });

@@ -673,20 +673,7 @@ impl RawWs {
     /// Sends one masked frame with FIN set.
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
         let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-        let mut frame = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= u16::MAX as usize => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = rowcast::testing::client_frame(0x80 | opcode, payload, mask);
         // The server may close before reading it all; that is for the test to see.
         let _ = self.stream.write_all(&frame).await;
     }

@@ -449,3 +449,24 @@ pub async fn insert_order(client: &tokio_postgres::Client, customer: &str, produ
         .unwrap()
         .get(0)
 }
+
+/// A program of the virtualenv scripts/test installs from PyPI: `ROWCAST_PYTHON_TOOLS`
+/// (scripts/test sets it) or its default place in the cache directory.
+pub fn python_tool(name: &str) -> PathBuf {
+    let venv = std::env::var_os("ROWCAST_PYTHON_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_default()
+                .join("rowcast/python-tools")
+        });
+    let tool = venv.join("bin").join(name);
+    assert!(
+        tool.exists(),
+        "{name} is missing at {}: run scripts/test, which installs it from PyPI",
+        tool.display()
+    );
+    tool
+}
