@@ -79,6 +79,7 @@ impl Replica {
             .args(["--listen", &addr.to_string(), "--database-url", url])
             .args(capture)
             .args(extra)
+            .args(support::nats::relay_flags(support::process::db_name(url)))
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "info,tokio_postgres=warn")
             .stdin(Stdio::null())

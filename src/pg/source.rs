@@ -10,20 +10,25 @@
 //! once per connection (see [`changes::read_after_prepared`]).
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::CatalogCache;
+use super::batch::Fit;
+use super::doorbell::{Bell, Doorbell};
 use super::{changes, DbError, DbTarget};
+use crate::event::Event;
 use crate::filter::Catalog;
 use crate::hub::Hub;
 use crate::log::EventLog;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Path};
+use crate::relay::{Relay, RELAY_LOCK};
 
 /// How the source learns that there is something to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +149,11 @@ pub struct Source {
     /// one read (and one wake-up of every subscriber) then carries many events, so
     /// clients get several per socket write. Idle-to-first-event latency is unaffected.
     pub coalesce: Duration,
+    /// Where notifications (and relay messages) are queued for the source: one for
+    /// the source's life, so the relay consumer keeps ringing it across reconnects.
+    pub doorbell: Arc<Doorbell>,
+    /// The NATS relay, with `--relay`: publish while holding its lock, else consume.
+    pub relay: Option<Arc<Relay>>,
     /// Where events go.
     pub log: Arc<EventLog>,
     /// Who to wake.
@@ -167,6 +177,10 @@ impl Source {
                 outcome = self.session(&mut backoff, &mut connected_before) => outcome,
             };
             self.status.set_live(false);
+            if let Some(relay) = &self.relay {
+                // The lock went with the connection.
+                relay.set_publishing(false);
+            }
             self.hub.wake_all();
             match outcome {
                 Ok(()) => break,
@@ -194,7 +208,7 @@ impl Source {
             .with_application_name(SOURCE_APPLICATION_NAME)
             .connect()
             .await?;
-        let doorbell = Arc::new(Doorbell::default());
+        let doorbell = Arc::clone(&self.doorbell);
         let lost = CancellationToken::new();
         let driver = {
             let doorbell = Arc::clone(&doorbell);
@@ -204,7 +218,9 @@ impl Source {
             tokio::spawn(async move {
                 loop {
                     match poll_fn(|cx| connection.poll_message(cx)).await {
-                        Some(Ok(AsyncMessage::Notification(_))) => doorbell.ring(),
+                        Some(Ok(AsyncMessage::Notification(note))) => {
+                            doorbell.ring(Bell::of_payload(note.payload()))
+                        }
                         Some(Ok(_)) => {}
                         Some(Err(err)) => {
                             tracing::debug!(%err, "source connection failed");
@@ -246,22 +262,53 @@ impl Source {
         } else {
             self.poll_interval
         };
-        let mut last_read;
+        self.try_relay_lock(&client).await?;
+        let mut listening = mode == SourceMode::Notify;
+        // Read first: whatever was committed while this connection was being set up.
+        let mut must_read = true;
+        let mut last_read = Instant::now();
         loop {
-            // Read until caught up; a full batch means there may be more. Doorbells
-            // heard before a read is sent are answered by it.
-            let mut answered;
-            loop {
-                last_read = Instant::now();
-                answered = doorbell.rung();
-                let read = self.read_batch(&client, statement.as_ref()).await?;
-                if !self.status.is_live() {
-                    self.status.set_live(true);
-                    *backoff = BACKOFF_START;
+            // While the relay serves this replica, PostgreSQL need not notify it; when
+            // the relay stops, it listens again. Either switch is bridged by a read.
+            if let (Some(relay), SourceMode::Notify) = (&self.relay, mode) {
+                let listen = !relay.consuming();
+                if listen != listening {
+                    let command = if listen { "LISTEN" } else { "UNLISTEN" };
+                    with_timeout(client.batch_execute(&format!("{command} {CHANNEL}"))).await?;
+                    listening = listen;
+                    must_read = true;
                 }
-                if read < BATCH as usize {
-                    break;
+            }
+            // Bells heard so far are answered here: batches that continue the head are
+            // appended as they are, anything else (a bare doorbell, a gap, a batch that
+            // did not decode) is answered by reading, which sees every commit whose
+            // notification has arrived.
+            let answered = doorbell.rung();
+            for bell in doorbell.take() {
+                match bell {
+                    Bell::Read => must_read = true,
+                    Bell::Batch(_, _) if must_read => {}
+                    Bell::Batch(batch, path) => match batch.fit(self.log.head()) {
+                        Fit::Held => {}
+                        Fit::Continues(from) => self.deliver(&batch.events[from..], path),
+                        Fit::Gap => must_read = true,
+                    },
                 }
+            }
+            if must_read {
+                // Until caught up; a full batch means there may be more.
+                loop {
+                    last_read = Instant::now();
+                    let read = self.read_batch(&client, statement.as_ref()).await?;
+                    if read < BATCH as usize {
+                        break;
+                    }
+                }
+                must_read = false;
+            }
+            if !self.status.is_live() {
+                self.status.set_live(true);
+                *backoff = BACKOFF_START;
             }
             if last_catalog.elapsed() >= CATALOG_REFRESH {
                 self.refresh_catalog(&client).await?;
@@ -274,15 +321,37 @@ impl Source {
                         reason: "connection closed".into(),
                     });
                 }
-                _ = doorbell.rung_after(answered), if mode == SourceMode::Notify => {
+                _ = doorbell.rung_after(answered), if mode == SourceMode::Notify || self.relay.is_some() => {
                     let wait = self.coalesce.saturating_sub(last_read.elapsed());
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
                     }
                 }
-                _ = tokio::time::sleep(tick) => {}
+                _ = tokio::time::sleep(tick) => {
+                    must_read = true;
+                    self.try_relay_lock(&client).await?;
+                }
             }
         }
+    }
+
+    /// With a relay, tries for its publisher lock (held by this connection's session)
+    /// unless already held.
+    async fn try_relay_lock(&self, client: &Client) -> Result<(), DbError> {
+        let Some(relay) = &self.relay else {
+            return Ok(());
+        };
+        if relay.publishing() {
+            return Ok(());
+        }
+        let locked: bool = with_timeout(client.query_typed_one(
+            "SELECT pg_try_advisory_lock($1)",
+            &[(&RELAY_LOCK, Type::INT8)],
+        ))
+        .await?
+        .get(0);
+        relay.set_publishing(locked);
+        Ok(())
     }
 
     /// Chooses notify or poll for this connection.
@@ -331,7 +400,6 @@ impl Source {
         client: &Client,
         statement: Option<&Statement>,
     ) -> Result<usize, DbError> {
-        let started = std::time::SystemTime::now();
         self.metrics.catchup_queries.inc();
         let head = self.log.head();
         let events = match statement {
@@ -341,21 +409,33 @@ impl Source {
             None => with_timeout(changes::read_after(client, head, BATCH)).await?,
         };
         let count = events.len();
-        match events.last() {
-            Some(newest) => {
-                let now_micros = started
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_micros() as i64)
-                    .unwrap_or(0);
-                self.metrics
-                    .set_source_lag_micros(now_micros - newest.committed_at_micros);
-                self.metrics.events_captured.add(count as u64);
-                self.log.append(events.iter().cloned());
-                self.hub.wake(&events);
-            }
-            None => self.metrics.set_source_lag_micros(0),
+        if events.is_empty() {
+            self.metrics.set_source_lag_micros(0);
+        } else {
+            self.deliver(&events, Path::Read);
         }
         Ok(count)
+    }
+
+    /// Appends events that continue the head to the log and wakes their subscribers.
+    fn deliver(&self, events: &[Arc<Event>], path: Path) {
+        let Some(newest) = events.last() else {
+            return;
+        };
+        let now_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        self.metrics
+            .set_source_lag_micros(now_micros - newest.committed_at_micros);
+        self.metrics.events_captured.add(events.len() as u64);
+        self.metrics.received(path).add(events.len() as u64);
+        let after = self.log.head();
+        self.log.append(events.iter().cloned());
+        self.hub.wake(events);
+        if let Some(relay) = &self.relay {
+            relay.offer(after, events);
+        }
     }
 
     async fn refresh_catalog(&self, client: &Client) -> Result<(), DbError> {
@@ -382,82 +462,10 @@ async fn with_timeout<T, E: Into<DbError>>(
     }
 }
 
-/// Notifications heard on the source's connection, counted. A notification received
-/// before a read was sent is for a commit that read sees (PostgreSQL delivers it only
-/// once the commit is visible), so the source waits for one counted after its last
-/// read was sent, not for every one: a burst of doorbells costs one read, not one
-/// read each plus an empty one.
-#[derive(Debug, Default)]
-struct Doorbell {
-    /// Notifications so far; only ever grows.
-    rung: AtomicU64,
-    /// Wakes the source when `rung` grows.
-    notify: Notify,
-}
-
-impl Doorbell {
-    /// Counts one notification (the connection's driver calls it, in message order).
-    fn ring(&self) {
-        self.rung.fetch_add(1, Ordering::AcqRel);
-        self.notify.notify_one();
-    }
-
-    /// Notifications so far.
-    fn rung(&self) -> u64 {
-        self.rung.load(Ordering::Acquire)
-    }
-
-    /// Returns once more than `seen` notifications have been counted.
-    async fn rung_after(&self, seen: u64) {
-        loop {
-            // A permit left by a notification already answered wakes this once; the
-            // count then sends it back to waiting.
-            let notified = self.notify.notified();
-            if self.rung() > seen {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn doorbells_rung_before_a_read_do_not_wake_the_source_after_it() {
-        let doorbell = Doorbell::default();
-        doorbell.ring();
-        doorbell.ring();
-        let answered = doorbell.rung();
-        let waiting =
-            tokio::time::timeout(Duration::from_millis(50), doorbell.rung_after(answered));
-        assert!(
-            waiting.await.is_err(),
-            "woke for doorbells already answered"
-        );
-        doorbell.ring();
-        tokio::time::timeout(Duration::from_secs(5), doorbell.rung_after(answered))
-            .await
-            .expect("a doorbell after the read wakes the source");
-    }
-
-    #[tokio::test]
-    async fn a_doorbell_rung_while_nobody_waits_is_not_lost() {
-        let doorbell = Doorbell::default();
-        let answered = doorbell.rung();
-        doorbell.ring();
-        tokio::time::timeout(Duration::from_secs(5), doorbell.rung_after(answered))
-            .await
-            .expect("the doorbell rung before the wait began wakes it");
     }
 }

@@ -6,6 +6,7 @@
 pub mod clients;
 pub mod contract;
 pub mod either;
+pub mod nats;
 pub mod process;
 pub mod proxy;
 pub mod wal;
@@ -304,6 +305,7 @@ impl TestDb {
     /// A gateway configuration pointing at this database, listening on port 0. With
     /// `ROWCAST_TEST_CAPTURE=wal` every such gateway captures from the WAL (on a slot
     /// named after the database): the capture-mode matrix runs the same tests twice.
+    /// With `ROWCAST_TEST_RELAY=1` every such gateway relays through NATS.
     pub fn config(&self) -> Config {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -314,6 +316,11 @@ impl TestDb {
         if wal_matrix() {
             config.capture = rowcast::pg::capture::CaptureMode::Wal;
             config.capture_slot = self.name.clone();
+        }
+        // The relay matrix: one stream per database on the shared NATS server.
+        if let Some(url) = nats::matrix_relay() {
+            config.relay = Some(url);
+            config.relay_stream = self.name.clone();
         }
         config
     }

@@ -15,6 +15,8 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
 use super::decode::{RelationDesc, Value};
+use crate::event::ChangeRecord;
+use crate::pg::changes::record_of;
 use super::CaptureError;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for commit times.
@@ -72,9 +74,11 @@ impl Shape {
                     CASE WHEN c.op <> 'TRUNCATE' THEN (SELECT to_jsonb(r) FROM (SELECT {new}) r) END,
                     CASE WHEN c.op = 'UPDATE' THEN (SELECT to_jsonb(r) FROM (SELECT {old}) r) END,
                     c.at
-             FROM unnest($2::text[], $3::timestamptz[]) WITH ORDINALITY AS c(op, at, i)",
+             FROM unnest($2::text[], $3::timestamptz[]) WITH ORDINALITY AS c(op, at, i)
+             RETURNING {returning}",
             new = image("$4"),
             old = image("$5"),
+            returning = RETURNING,
         );
         let statement = client
             .prepare_typed(
@@ -96,6 +100,13 @@ impl Shape {
         })
     }
 }
+
+/// What the insert returns of each row: the columns of
+/// [`READ_AFTER`](crate::pg::changes::READ_AFTER), so that the doorbell can carry the
+/// events exactly as a read of `change_log` would return them.
+const RETURNING: &str = r#"id, "table", op, row, old,
+    to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    (extract(epoch FROM committed_at) * 1000000)::int8"#;
 
 /// One change ready to insert.
 #[derive(Debug)]
@@ -122,8 +133,13 @@ pub fn commit_time(micros: i64) -> SystemTime {
     }
 }
 
-/// Inserts `changes` in order (one statement per run of one shape); returns how many.
-pub async fn insert(client: &Client, changes: &[Change]) -> Result<usize, CaptureError> {
+/// Inserts `changes` in order (one statement per run of one shape); the rows written
+/// are passed to `written`, in id order.
+pub async fn insert(
+    client: &Client,
+    changes: &[Change],
+    mut written: impl FnMut(ChangeRecord),
+) -> Result<(), CaptureError> {
     let mut start = 0;
     while start < changes.len() {
         let shape = &changes[start].shape;
@@ -140,15 +156,18 @@ pub async fn insert(client: &Client, changes: &[Change]) -> Result<usize, Captur
             push_image(&mut rows, Some(&change.row), shape.width)?;
             push_image(&mut olds, change.old.as_deref(), shape.width)?;
         }
-        client
-            .execute(
+        let inserted = client
+            .query(
                 &shape.statement,
                 &[&shape.table, &ops, &times, &rows, &olds],
             )
             .await?;
+        for row in &inserted {
+            written(record_of(row)?);
+        }
         start = end;
     }
-    Ok(changes.len())
+    Ok(())
 }
 
 /// Appends one row image, `width` values (NULLs when there is none).
