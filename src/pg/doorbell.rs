@@ -21,9 +21,9 @@ pub enum Bell {
 
 impl Bell {
     /// The bell of a NOTIFY payload: the WAL capturer's batch, or (empty, from the
-    /// capture trigger or a batch that did not fit) a plain doorbell.
+    /// capture trigger or a batch that did not fit; or anything else) a plain doorbell.
     pub fn of_payload(payload: &str) -> Bell {
-        if payload.is_empty() || payload == "probe" {
+        if payload.is_empty() {
             return Bell::Read;
         }
         match batch::decode(payload.as_bytes()) {

@@ -55,6 +55,8 @@ impl SourceMode {
 
 /// The doorbell channel the capture trigger notifies.
 pub const CHANNEL: &str = "rowcast";
+/// The payload of `auto`'s probe notification.
+const PROBE: &str = "probe";
 /// The `application_name` of the source's connection.
 pub const SOURCE_APPLICATION_NAME: &str = "rowcast source";
 /// Rows per cursor read.
@@ -209,15 +211,22 @@ impl Source {
             .connect()
             .await?;
         let doorbell = Arc::clone(&self.doorbell);
+        // The probe of `auto` listens for its own notification only: the doorbell is
+        // also rung by the relay.
+        let probe = Arc::new(Notify::new());
         let lost = CancellationToken::new();
         let driver = {
             let doorbell = Arc::clone(&doorbell);
+            let probe = Arc::clone(&probe);
             let lost = lost.clone();
             // A spawned `Connection` drops notifications; polling messages ourselves
             // both drives the connection and receives them.
             tokio::spawn(async move {
                 loop {
                     match poll_fn(|cx| connection.poll_message(cx)).await {
+                        Some(Ok(AsyncMessage::Notification(note))) if note.payload() == PROBE => {
+                            probe.notify_one()
+                        }
                         Some(Ok(AsyncMessage::Notification(note))) => {
                             doorbell.ring(Bell::of_payload(note.payload()))
                         }
@@ -234,7 +243,7 @@ impl Source {
         };
         let _abort_driver = AbortOnDrop(driver);
 
-        let mode = self.decide_mode(&client, &doorbell).await?;
+        let mode = self.decide_mode(&client, &probe).await?;
         self.status.mode.store(
             if mode == SourceMode::Notify { 1 } else { 2 },
             Ordering::Relaxed,
@@ -262,7 +271,7 @@ impl Source {
         } else {
             self.poll_interval
         };
-        self.try_relay_lock(&client).await?;
+        self.try_relay_lock(&client, mode).await?;
         let mut listening = mode == SourceMode::Notify;
         // Read first: whatever was committed while this connection was being set up.
         let mut must_read = true;
@@ -329,19 +338,20 @@ impl Source {
                 }
                 _ = tokio::time::sleep(tick) => {
                     must_read = true;
-                    self.try_relay_lock(&client).await?;
+                    self.try_relay_lock(&client, mode).await?;
                 }
             }
         }
     }
 
     /// With a relay, tries for its publisher lock (held by this connection's session)
-    /// unless already held.
-    async fn try_relay_lock(&self, client: &Client) -> Result<(), DbError> {
+    /// unless already held. Only in notify mode: a polling source may be behind a
+    /// pooler in transaction mode, where a session lock holds nothing.
+    async fn try_relay_lock(&self, client: &Client, mode: SourceMode) -> Result<(), DbError> {
         let Some(relay) = &self.relay else {
             return Ok(());
         };
-        if relay.publishing() {
+        if relay.publishing() || mode != SourceMode::Notify {
             return Ok(());
         }
         let locked: bool = with_timeout(client.query_typed_one(
@@ -355,11 +365,7 @@ impl Source {
     }
 
     /// Chooses notify or poll for this connection.
-    async fn decide_mode(
-        &self,
-        client: &Client,
-        doorbell: &Doorbell,
-    ) -> Result<SourceMode, DbError> {
+    async fn decide_mode(&self, client: &Client, probe: &Notify) -> Result<SourceMode, DbError> {
         if self.mode == SourceMode::Poll {
             return Ok(SourceMode::Poll);
         }
@@ -378,9 +384,9 @@ impl Source {
         // ring the doorbell and see. It must ring from another connection, the way
         // writers do: a session hears its own NOTIFY, and a pooler hands that one back
         // to the client that sent it, so a probe from this connection always succeeds.
-        let heard = doorbell.rung_after(doorbell.rung());
+        let heard = probe.notified();
         let ringer = with_timeout(self.target.connect_spawned()).await?;
-        with_timeout(ringer.batch_execute(&format!("NOTIFY {CHANNEL}, 'probe'"))).await?;
+        with_timeout(ringer.batch_execute(&format!("NOTIFY {CHANNEL}, '{PROBE}'"))).await?;
         drop(ringer);
         if tokio::time::timeout(PROBE_TIMEOUT, heard).await.is_ok() {
             Ok(SourceMode::Notify)
