@@ -303,7 +303,8 @@ impl Metrics {
 
     /// Sets the relay lag.
     pub fn set_relay_lag_micros(&self, micros: i64) {
-        self.relay_lag_micros.store(micros.max(0), Ordering::Relaxed);
+        self.relay_lag_micros
+            .store(micros.max(0), Ordering::Relaxed);
     }
 
     /// Sets the source lag.

@@ -58,18 +58,6 @@ async fn writer(db: TestDb, stop: Arc<AtomicBool>) -> usize {
     n
 }
 
-/// The ids of every change in `change_log`, in order.
-async fn logged_ids(db: &TestDb) -> Vec<u64> {
-    db.client()
-        .await
-        .query("SELECT id FROM realtime.change_log ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, i64>(0) as u64)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_killed_and_restarted_under_writers_loses_duplicates_and_reorders_nothing() {
     let mut nats = NatsServer::start();
@@ -150,7 +138,7 @@ async fn nats_killed_and_restarted_under_writers_loses_duplicates_and_reorders_n
         "the relay carried nothing after NATS came back"
     );
 
-    let ids = logged_ids(&db).await;
+    let ids = all_ids(&db).await;
     assert_eq!(ids.len(), written);
     for (k, sse) in clients.iter_mut().enumerate() {
         let got: Vec<u64> = sse
@@ -188,7 +176,11 @@ async fn a_replica_started_while_nats_is_down_reads_change_log_then_consumes() {
         .unwrap();
     let mut sse = SseClient::connect(servers[consumer].addr, "", &[]).await;
     sse.until_ready().await;
-    let relayed = servers[consumer].gateway.metrics.received(Path::Relay).get();
+    let relayed = servers[consumer]
+        .gateway
+        .metrics
+        .received(Path::Relay)
+        .get();
     let reads = servers[consumer].gateway.metrics.catchup_queries.get();
     for k in 0..10 {
         insert_order(&client, &format!("relayed {k}"), "p").await;

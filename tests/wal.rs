@@ -770,7 +770,9 @@ async fn doorbell_payloads_carry_events_and_whatever_they_cannot_carry_is_read()
     let db = TestDb::new();
     db.client()
         .await
-        .batch_execute("CREATE TABLE notes (id serial PRIMARY KEY, body text); SELECT realtime.track('notes')")
+        .batch_execute(
+            "CREATE TABLE notes (id serial PRIMARY KEY, body text); SELECT realtime.track('notes')",
+        )
         .await
         .unwrap();
     let a = TestServer::start(wal_config(&db)).await;
@@ -814,7 +816,10 @@ async fn doorbell_payloads_carry_events_and_whatever_they_cannot_carry_is_read()
     let big = ids_in_order(&mut clients[1], 1).await;
     assert_eq!(ids_in_order(&mut clients[0], 1).await, big);
     expected.extend(&big);
-    assert!(received(&b, Path::Read) > read_before, "the large row was not read");
+    assert!(
+        received(&b, Path::Read) > read_before,
+        "the large row was not read"
+    );
     // Ids drawn and never used (a gap the payload's `after` explains): still payloads.
     let payload_before = received(&b, Path::Payload);
     client
@@ -825,7 +830,10 @@ async fn doorbell_payloads_carry_events_and_whatever_they_cannot_carry_is_read()
     let after_unused = ids_in_order(&mut clients[1], 1).await;
     assert_eq!(ids_in_order(&mut clients[0], 1).await, after_unused);
     expected.extend(&after_unused);
-    assert!(received(&b, Path::Payload) > payload_before, "a known gap forced a read");
+    assert!(
+        received(&b, Path::Payload) > payload_before,
+        "a known gap forced a read"
+    );
     // A row no payload announced (written behind the capturer's back, silently): the
     // next payload's `after` is past the replicas' head, so they read both.
     let read_before = received(&b, Path::Read);
@@ -842,7 +850,10 @@ async fn doorbell_payloads_carry_events_and_whatever_they_cannot_carry_is_read()
     let both = ids_in_order(&mut clients[1], 2).await;
     assert_eq!(ids_in_order(&mut clients[0], 2).await, both);
     expected.extend(&both);
-    assert!(received(&b, Path::Read) > read_before, "the unannounced row was not read");
+    assert!(
+        received(&b, Path::Read) > read_before,
+        "the unannounced row was not read"
+    );
     // A replica that joins late starts from the head and follows payloads from there;
     // a client resuming from the start on it gets everything once, in order.
     let c = TestServer::start(wal_config(&db)).await;

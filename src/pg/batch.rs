@@ -196,11 +196,6 @@ impl Batch {
             Some(_) => Fit::Continues(self.events.partition_point(|e| e.id <= head)),
         }
     }
-
-    /// The newest id in the batch (`after` if it is empty).
-    pub fn last_id(&self) -> u64 {
-        self.events.last().map_or(self.after, |e| e.id)
-    }
 }
 
 #[cfg(test)]
@@ -244,11 +239,15 @@ mod tests {
 
     #[test]
     fn fit_takes_what_continues_the_head_and_refuses_gaps() {
-        let batch = decode(encode(3, &[record(5, json!({})), record(9, json!({}))]).as_bytes())
-            .unwrap();
+        let batch =
+            decode(encode(3, &[record(5, json!({})), record(9, json!({}))]).as_bytes()).unwrap();
         assert_eq!(batch.fit(2), Fit::Gap, "4 or less may be missing");
         assert_eq!(batch.fit(3), Fit::Continues(0));
-        assert_eq!(batch.fit(4), Fit::Continues(0), "4 was a gap the head passed");
+        assert_eq!(
+            batch.fit(4),
+            Fit::Continues(0),
+            "4 was a gap the head passed"
+        );
         assert_eq!(batch.fit(5), Fit::Continues(1));
         assert_eq!(batch.fit(9), Fit::Held);
         assert_eq!(batch.fit(12), Fit::Held);

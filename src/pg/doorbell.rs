@@ -118,6 +118,31 @@ mod tests {
             .expect("a doorbell after the read wakes the source");
     }
 
+    #[test]
+    fn payloads_become_batches_and_anything_else_a_read() {
+        assert!(matches!(Bell::of_payload(""), Bell::Read));
+        assert!(matches!(Bell::of_payload("{not json"), Bell::Read));
+        let text = r#"{"after":4,"events":[[5,"orders","INSERT",{"id":1},null,"2026-01-01T00:00:00.000000Z",1]]}"#;
+        match Bell::of_payload(text) {
+            Bell::Batch(batch, Path::Payload) => {
+                assert_eq!(batch.after, 4);
+                assert_eq!(batch.events[0].id, 5);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_flood_of_bells_collapses_into_one_read() {
+        let doorbell = Doorbell::default();
+        for _ in 0..MAX_BELLS + 10 {
+            doorbell.ring(Bell::of_payload(r#"{"after":0,"events":[]}"#));
+        }
+        let bells = doorbell.take();
+        assert!(bells.len() <= 11, "{}", bells.len());
+        assert!(bells.iter().any(|b| matches!(b, Bell::Read)));
+    }
+
     #[tokio::test]
     async fn a_doorbell_rung_while_nobody_waits_is_not_lost() {
         let doorbell = Doorbell::default();

@@ -1,13 +1,18 @@
 //! The source: reads `change_log` by cursor into the event log and wakes the hub.
 //!
-//! NOTIFY is only a doorbell: whatever woke it (a notification, a poll tick, a
-//! reconnect), the source runs the same query, `WHERE id > cursor ORDER BY id LIMIT n`,
-//! so every mode yields the same ids and nothing depends on NOTIFY payloads.
+//! Whatever woke it (a notification, a poll tick, a reconnect), the source runs the
+//! same query, `WHERE id > cursor ORDER BY id LIMIT n`, so every mode yields the same
+//! ids. The one exception is a batch of events that says which id came before it
+//! (see [`batch`](super::batch)): the WAL capturer's doorbell payload, or a relay
+//! message. A batch that continues the head is appended as it is; anything else is
+//! answered by the same read, so order and exactly-once rest on `change_log` alone.
 //!
 //! What a read costs is paid by every replica, so the source reads no more than it
 //! must: one read per wake-up however many doorbells rang before it was sent (their
-//! commits are all visible to it), and in notify mode through a statement prepared
-//! once per connection (see [`changes::read_after_prepared`]).
+//! commits are all visible to it), none for a batch it could append, and in notify
+//! mode through a statement prepared once per connection (see
+//! [`changes::read_after_prepared`]). With the relay (see [`crate::relay`]) the
+//! source of a consuming replica does not even listen.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -19,8 +24,8 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, Statement};
 use tokio_util::sync::CancellationToken;
 
-use super::catalog::CatalogCache;
 use super::batch::Fit;
+use super::catalog::CatalogCache;
 use super::doorbell::{Bell, Doorbell};
 use super::{changes, DbError, DbTarget};
 use crate::event::Event;

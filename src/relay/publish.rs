@@ -64,9 +64,7 @@ async fn publish(relay: &Relay, batch: &Outgoing) -> Result<(), RelayError> {
             .message_id(event.id.to_string());
         let ack = deadline(
             "a publish",
-            relay
-                .jetstream
-                .send_publish(relay.subject.clone(), message),
+            relay.jetstream.send_publish(relay.subject.clone(), message),
         )
         .await?
         .map_err(|err| RelayError::nats("publish")(err.into()))?;

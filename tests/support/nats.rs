@@ -92,22 +92,13 @@ impl Drop for NatsServer {
     }
 }
 
-/// Starts a watchdog that kills the server and removes its store once this test
-/// process has exited, however it exits (the shared server is never dropped).
+/// Kills the server and removes its store once this test process has exited, however
+/// it exits (the shared server is never dropped).
 fn reap_when_we_exit(store: &std::path::Path) {
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
-         [ -f '{dir}/nats.pid' ] && kill -9 $(cat '{dir}/nats.pid') 2>/dev/null; \
-         rm -rf '{dir}'",
-        pid = std::process::id(),
+    super::when_we_exit(&format!(
+        "[ -f '{dir}/nats.pid' ] && kill -9 $(cat '{dir}/nats.pid') 2>/dev/null; rm -rf '{dir}'",
         dir = store.display()
-    );
-    let _ = Command::new("setsid")
-        .args(["sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
+    ));
 }
 
 /// Whether this run is the relay half of the matrix (`ROWCAST_TEST_RELAY=1`).
@@ -124,12 +115,7 @@ pub fn matrix_relay() -> Option<String> {
 /// relay through the shared server (one stream per database).
 pub fn relay_flags(name: &str) -> Vec<String> {
     match matrix_relay() {
-        Some(url) => vec![
-            "--relay".into(),
-            url,
-            "--relay-stream".into(),
-            name.into(),
-        ],
+        Some(url) => vec!["--relay".into(), url, "--relay-stream".into(), name.into()],
         None => Vec::new(),
     }
 }

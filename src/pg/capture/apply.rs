@@ -15,9 +15,9 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
 use super::decode::{RelationDesc, Value};
+use super::CaptureError;
 use crate::event::ChangeRecord;
 use crate::pg::changes::record_of;
-use super::CaptureError;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for commit times.
 const PG_EPOCH_SECS: u64 = 946_684_800;

@@ -37,8 +37,8 @@ use super::decode::{Decoded, Decoder, RowChange};
 use super::{switch, CaptureError, CaptureMode, CaptureStatus, Refusal, PUBLICATION};
 use crate::event::ChangeRecord;
 use crate::pg::connect::TlsMode;
-use crate::pg::{batch, changes};
 use crate::pg::DbTarget;
+use crate::pg::{batch, changes};
 
 /// 0x726f7763 = 'rowc': held (session-scoped) by the one capturer.
 pub const CAPTURER_LOCK: i64 = 1_920_890_723;
@@ -555,10 +555,8 @@ impl Stream<'_> {
         deadline(
             "committing a batch",
             futures_util::future::try_join(
-                self.client.execute_typed(
-                    "SELECT pg_notify('rowcast', $1)",
-                    &[(&payload, Type::TEXT)],
-                ),
+                self.client
+                    .execute_typed("SELECT pg_notify('rowcast', $1)", &[(&payload, Type::TEXT)]),
                 self.client.batch_execute("COMMIT"),
             ),
         )
