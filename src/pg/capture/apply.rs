@@ -33,6 +33,10 @@ pub struct Shape {
     width: usize,
     /// `INSERT INTO change_log … SELECT … to_jsonb(row)`, prepared once per shape.
     statement: Statement,
+    /// The same, `RETURNING` the rows as a read returns them: used only while the
+    /// batch may still fit a doorbell payload, since returning large rows costs the
+    /// database and the capturer.
+    returning: Statement,
 }
 
 impl Shape {
@@ -74,29 +78,27 @@ impl Shape {
                     CASE WHEN c.op <> 'TRUNCATE' THEN (SELECT to_jsonb(r) FROM (SELECT {new}) r) END,
                     CASE WHEN c.op = 'UPDATE' THEN (SELECT to_jsonb(r) FROM (SELECT {old}) r) END,
                     c.at
-             FROM unnest($2::text[], $3::timestamptz[]) WITH ORDINALITY AS c(op, at, i)
-             RETURNING {returning}",
+             FROM unnest($2::text[], $3::timestamptz[]) WITH ORDINALITY AS c(op, at, i)",
             new = image("$4"),
             old = image("$5"),
-            returning = RETURNING,
         );
-        let statement = client
-            .prepare_typed(
-                &sql,
-                &[
-                    Type::TEXT,
-                    Type::TEXT_ARRAY,
-                    Type::TIMESTAMPTZ_ARRAY,
-                    Type::TEXT_ARRAY,
-                    Type::TEXT_ARRAY,
-                ],
-            )
+        let types = [
+            Type::TEXT,
+            Type::TEXT_ARRAY,
+            Type::TIMESTAMPTZ_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+        ];
+        let statement = client.prepare_typed(&sql, &types).await?;
+        let returning = client
+            .prepare_typed(&format!("{sql} RETURNING {RETURNING}"), &types)
             .await?;
         Ok(Shape {
             oid: desc.oid,
             table: desc.table.clone(),
             width,
             statement,
+            returning,
         })
     }
 }
@@ -133,13 +135,24 @@ pub fn commit_time(micros: i64) -> SystemTime {
     }
 }
 
-/// Inserts `changes` in order (one statement per run of one shape); the rows written
-/// are passed to `written`, in id order.
+/// The bytes of text the changes' row images hold: no JSON rendering of them is
+/// shorter, so a chunk above the doorbell's limit need not be returned.
+pub fn text_bytes(changes: &[Change]) -> usize {
+    let image = |values: &[Value]| values.iter().flatten().map(|v| v.len()).sum::<usize>();
+    changes
+        .iter()
+        .map(|c| image(&c.row) + c.old.as_deref().map_or(0, image))
+        .sum()
+}
+
+/// Inserts `changes` in order (one statement per run of one shape); with `returning`,
+/// the rows written are returned, in id order.
 pub async fn insert(
     client: &Client,
     changes: &[Change],
-    mut written: impl FnMut(ChangeRecord),
-) -> Result<(), CaptureError> {
+    returning: bool,
+) -> Result<Vec<ChangeRecord>, CaptureError> {
+    let mut written = Vec::new();
     let mut start = 0;
     while start < changes.len() {
         let shape = &changes[start].shape;
@@ -156,18 +169,18 @@ pub async fn insert(
             push_image(&mut rows, Some(&change.row), shape.width)?;
             push_image(&mut olds, change.old.as_deref(), shape.width)?;
         }
-        let inserted = client
-            .query(
-                &shape.statement,
-                &[&shape.table, &ops, &times, &rows, &olds],
-            )
-            .await?;
-        for row in &inserted {
-            written(record_of(row)?);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&shape.table, &ops, &times, &rows, &olds];
+        if returning {
+            for row in client.query(&shape.returning, &params).await? {
+                written.push(record_of(&row)?);
+            }
+        } else {
+            client.execute(&shape.statement, &params).await?;
         }
         start = end;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Appends one row image, `width` values (NULLs when there is none).

@@ -61,7 +61,7 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// Decoded messages buffered between the socket and the capturer: bounded memory.
 const STREAM_BUFFER: usize = 1024;
 /// Events a doorbell payload may carry at most: beyond it the payload would not fit
-/// NOTIFY's limit anyway, so the rows are not kept (replicas read `change_log`).
+/// NOTIFY's limit anyway, so the rows are not returned (replicas read `change_log`).
 const PAYLOAD_EVENTS: usize = 128;
 
 /// The WAL capturer of one replica.
@@ -186,6 +186,7 @@ impl Capturer {
             batch_end: None,
             after: None,
             records: Some(Vec::new()),
+            payload_bytes: 0,
         }
         .run()
         .await
@@ -317,6 +318,9 @@ struct Stream<'a> {
     /// The open batch's rows as written, for the doorbell payload; `None` once there
     /// are more than [`PAYLOAD_EVENTS`] (the payload could not fit).
     records: Option<Vec<ChangeRecord>>,
+    /// The text bytes of the open batch's row images so far: past
+    /// [`batch::NOTIFY_LIMIT`] the payload cannot fit, and rows are no longer returned.
+    payload_bytes: usize,
 }
 
 /// The transaction being received.
@@ -505,21 +509,25 @@ impl Stream<'_> {
                 _ => None,
             });
             self.records = Some(Vec::new());
+            self.payload_bytes = 0;
         }
-        let records = &mut self.records;
-        deadline(
+        // Rows are returned for the payload only while the batch may still fit it.
+        if let Some(kept) = &self.records {
+            self.payload_bytes += apply::text_bytes(&self.pending);
+            if kept.len() + self.pending.len() > PAYLOAD_EVENTS
+                || self.payload_bytes > batch::NOTIFY_LIMIT
+            {
+                self.records = None;
+            }
+        }
+        let written = deadline(
             "inserting changes",
-            apply::insert(self.client, &self.pending, |record| {
-                if let Some(kept) = records {
-                    if kept.len() < PAYLOAD_EVENTS {
-                        kept.push(record);
-                    } else {
-                        *records = None;
-                    }
-                }
-            }),
+            apply::insert(self.client, &self.pending, self.records.is_some()),
         )
         .await??;
+        if let Some(kept) = &mut self.records {
+            kept.extend(written);
+        }
         self.pending.clear();
         Ok(())
     }
