@@ -9,11 +9,17 @@
 #   rows/read          change_log rows each read returned (empty reads pull it down)
 #   pg_read_us         PostgreSQL's planning + execution time per read
 #   latency_ms         pgbench's average commit latency
+#   nats_us/commit     CPU of the relay's nats-server (relay mode; 0 otherwise)
 # With several --build NAME=PATH, every K runs each build in turn (alternated in one
-# session), so a comparison does not rest on the machine's drift between hours.
+# session), so a comparison does not rest on the machine's drift between hours; with
+# --modes "pg relay", each build also runs with the NATS JetStream relay (a
+# nats-server -js of the script's own on a free port; a fresh stream per run),
+# alternated likewise. --capture wal runs the replicas with WAL capture (the cluster
+# gets wal_level=logical): their doorbell then carries the events (the payload path).
 #
 # Usage: scripts/replica-cost.sh [--seconds 15] [--rate 500] [--replicas "1 4 8"]
-#          [--runs 1] [--build NAME=PATH]... [--perf DIR] [-- rowcast flags…]
+#          [--runs 1] [--build NAME=PATH]... [--modes "pg relay"] [--capture wal]
+#          [--perf DIR] [-- rowcast flags…]
 #   --perf DIR   also record `perf record -a -g` during the largest K of the first
 #                build and write DIR/postgres.txt and DIR/rowcast.txt (top symbols of
 #                this cluster's postgres processes and of the replicas, selected by
@@ -27,6 +33,8 @@ REPLICAS="1 4 8"
 RUNS=1
 BUILDS=()
 PERF_DIR=
+MODES=pg
+CAPTURE=trigger
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) SECONDS_PER_RUN=$2; shift 2 ;;
@@ -35,6 +43,8 @@ while [ $# -gt 0 ]; do
     --runs) RUNS=$2; shift 2 ;;
     --build) BUILDS+=("$2"); shift 2 ;;
     --perf) PERF_DIR=$2; shift 2 ;;
+    --modes) MODES=$2; shift 2 ;;
+    --capture) CAPTURE=$2; shift 2 ;;
     --) shift; break ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -50,13 +60,27 @@ export ROWCAST_BIN
 
 . scripts/cluster.sh
 PIDS=()
+NATS_PID=
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -z "$NATS_PID" ] || kill "$NATS_PID" 2>/dev/null || true
   stop_cluster
 }
-start_cluster rowcast-replicas -c shared_preload_libraries=pg_stat_statements \
-  -c pg_stat_statements.track_planning=on
+CLUSTER_OPTIONS=(-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track_planning=on)
+[ "$CAPTURE" = trigger ] || CLUSTER_OPTIONS+=(-c wal_level=logical)
+start_cluster rowcast-replicas "${CLUSTER_OPTIONS[@]}"
 trap cleanup EXIT
+EXTRA_FLAGS+=(--capture "$CAPTURE")
+if [[ " $MODES " == *" relay "* ]]; then
+  NATS_PORT=$(free_port)
+  mkdir -p "$DIR/nats"
+  /usr/sbin/nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$DIR/nats" >"$DIR/nats.log" 2>&1 &
+  NATS_PID=$!
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break
+    sleep 0.1
+  done
+fi
 psql -q "$URL" -c "CREATE EXTENSION pg_stat_statements"
 echo "INSERT INTO orders (customer_name, product_name) VALUES ('bench', 'replica-cost');" >"$DIR/insert.sql"
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
@@ -82,19 +106,22 @@ pg_cpu() {
   echo $(( ${12} + ${13} + ${14} + ${15} + $(cpu_of $children) ))
 }
 
-printf '%-10s %3s %4s %8s %12s %17s %12s %9s %10s %10s\n' build K run commits pg_us/commit \
-  replica_us/commit reads/commit rows/read pg_read_us latency_ms
+printf '%-16s %3s %4s %8s %12s %17s %12s %9s %10s %10s %14s\n' build K run commits pg_us/commit \
+  replica_us/commit reads/commit rows/read pg_read_us latency_ms nats_us/commit
 largest=$(echo $REPLICAS | tr ' ' '\n' | sort -n | tail -1)
 for k in $REPLICAS; do
   for run in $(seq "$RUNS"); do
     for build in "${BUILDS[@]}"; do
-      name=${build%%=*}
+    for mode in $MODES; do
+      name=${build%%=*}/$mode
       bin=${build#*=}
+      mode_flags=()
+      [ "$mode" = pg ] || mode_flags=(--relay "nats://127.0.0.1:$NATS_PORT" --relay-stream "cost_${k}_${run}_${build%%=*}")
       PIDS=()
       replicas=()
       for _ in $(seq "$k"); do
         port=$(free_port)
-        RUST_LOG=warn "$bin" --listen "127.0.0.1:$port" --database-url "$URL" "${EXTRA_FLAGS[@]}" \
+        RUST_LOG=warn "$bin" --listen "127.0.0.1:$port" --database-url "$URL" "${EXTRA_FLAGS[@]}" "${mode_flags[@]}" \
           >>"$DIR/rowcast.log" 2>&1 &
         replicas+=($!)
         PIDS+=($!)
@@ -109,6 +136,8 @@ for k in $REPLICAS; do
       psql -q "$URL" -c "SELECT pg_stat_statements_reset()" >/dev/null
       pg_before=$(pg_cpu)
       rc_before=$(cpu_of "${replicas[@]}")
+      nats_before=0
+      [ "$mode" = pg ] || nats_before=$(cpu_of "$NATS_PID")
       perf_pid=
       if [ -n "$PERF_DIR" ] && [ "$k" = "$largest" ] && [ "$build" = "${BUILDS[0]}" ] && [ "$run" = 1 ]; then
         mkdir -p "$PERF_DIR"
@@ -130,6 +159,8 @@ for k in $REPLICAS; do
       out=$(cat "$DIR/pgbench.out")
       pg_after=$(pg_cpu)
       rc_after=$(cpu_of "${replicas[@]}")
+      nats_after=0
+      [ "$mode" = pg ] || nats_after=$(cpu_of "$NATS_PID")
       [ -z "$perf_pid" ] || wait "$perf_pid"
       commits=$(echo "$out" | awk '/number of transactions actually processed/ {print $6}')
       latency=$(echo "$out" | awk '/latency average/ {print $4}')
@@ -140,12 +171,13 @@ for k in $REPLICAS; do
       read -r read_calls read_rows read_us <<<"$reads"
       awk -v name="$name" -v k="$k" -v run="$run" -v c="$commits" -v pg=$((pg_after - pg_before)) \
         -v rc=$((rc_after - rc_before)) -v tick="$TICK_US" -v reads="$read_calls" -v rows="$read_rows" -v read_us="$read_us" \
-        -v lat="$latency" 'BEGIN {
-          printf "%-10s %3d %4d %8d %12.0f %17.0f %12.2f %9s %10s %10s\n", name, k, run, c,
-            pg * tick / c, rc * tick / k / c, reads / k / c, rows, read_us, lat }'
+        -v lat="$latency" -v nats=$((nats_after - nats_before)) 'BEGIN {
+          printf "%-16s %3d %4d %8d %12.0f %17.0f %12.2f %9s %10s %10s %14.0f\n", name, k, run, c,
+            pg * tick / c, rc * tick / k / c, reads / k / c, rows, read_us, lat, nats * tick / c }'
       for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
       for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
       PIDS=()
+    done
     done
   done
 done

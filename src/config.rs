@@ -231,6 +231,14 @@ pub struct Config {
     /// The logical slot (slots are per cluster: one per captured database).
     #[arg(long, value_name = "NAME", default_value = DEFAULT_SLOT, value_parser = slot_name)]
     pub capture_slot: String,
+    /// Relay events through NATS JetStream (nats://host:port): one replica publishes
+    /// what it reads, the others consume the stream instead of reading change_log, and
+    /// fall back to change_log whenever NATS cannot serve them.
+    #[arg(long, value_name = "URL", value_parser = relay_url)]
+    pub relay: Option<String>,
+    /// The JetStream stream of the relay (created with defaults if missing).
+    #[arg(long, value_name = "NAME", default_value = "rowcast", value_parser = stream_name)]
+    pub relay_stream: String,
 }
 
 impl Default for Config {
@@ -572,6 +580,29 @@ fn slot_name(text: &str) -> Result<String, &'static str> {
     }
 }
 
+fn relay_url(text: &str) -> Result<String, &'static str> {
+    let rest = text
+        .strip_prefix("nats://")
+        .or_else(|| text.strip_prefix("tls://"))
+        .ok_or("expected nats://host:port (or tls://)")?;
+    if rest.is_empty() {
+        return Err("expected nats://host:port (or tls://)");
+    }
+    Ok(text.to_owned())
+}
+
+fn stream_name(text: &str) -> Result<String, &'static str> {
+    let valid = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("letters, digits, _ and - only")
+    }
+}
+
 fn count<T: TryFrom<u64>>(text: &str) -> Result<T, &'static str> {
     match text.parse::<u64>() {
         Ok(n) if n >= 1 => T::try_from(n).map_err(|_| "too large"),
@@ -766,6 +797,22 @@ mod tests {
         ));
         assert!(parse(["capture"], &env(&[])).is_err());
         assert!(parse(["capture", "both"], &env(&[])).is_err());
+    }
+
+    #[test]
+    fn the_relay_is_off_unless_a_nats_url_is_given() {
+        let default = serve(&[], &[]).unwrap();
+        assert!(default.relay.is_none());
+        assert_eq!(default.relay_stream, "rowcast");
+        let on = serve(
+            &["--relay-stream", "app-1"],
+            &[("ROWCAST_RELAY", "nats://127.0.0.1:4333")],
+        )
+        .unwrap();
+        assert_eq!(on.relay.as_deref(), Some("nats://127.0.0.1:4333"));
+        assert_eq!(on.relay_stream, "app-1");
+        assert!(serve(&["--relay", "http://x"], &[]).is_err());
+        assert!(serve(&["--relay-stream", "a.b"], &[]).is_err());
     }
 
     #[test]

@@ -179,6 +179,11 @@ fn encode(id: u64, message: &ChangeMessage<'_>) -> (Frame, Bytes) {
 }
 
 impl Event {
+    /// Commit time as sent (RFC 3339, UTC): the relay republishes it as read.
+    pub fn committed_at(&self) -> &str {
+        &self.committed_at
+    }
+
     /// Converts a `change_log` row and encodes its wire forms.
     pub fn from_record(record: ChangeRecord) -> Result<Event, EventError> {
         let id = u64::try_from(record.id)

@@ -17,12 +17,14 @@ use crate::pg::capture::{self, CaptureMode, CaptureStatus};
 use crate::pg::catalog::Pace;
 use crate::pg::changes::{self, ChangeLog};
 use crate::pg::connect::Waiting;
+use crate::pg::doorbell::Doorbell;
 use crate::pg::embedded::Embedded;
 use crate::pg::pool::REQUEST_DEADLINE;
 use crate::pg::snapshot::Snapshotter;
 use crate::pg::source::{Source, SourceStatus};
 use crate::pg::startup::{self, Deadline, StartError, STARTUP_DEADLINE};
 use crate::pg::{retention, DbError, Pool};
+use crate::relay::Relay;
 use crate::session::{self, CatchUp, Session, Snapshots};
 
 /// Everything the transports share.
@@ -94,8 +96,26 @@ impl Gateway {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
+        // Shared by the source's connections and the relay consumer: both ring it.
+        let doorbell = Arc::new(Doorbell::default());
+        let relay = match &config.relay {
+            Some(url) => Some(
+                Relay::start(
+                    url,
+                    &config.relay_stream,
+                    Arc::clone(&doorbell),
+                    Arc::clone(&metrics),
+                    &tasks,
+                    shutdown.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let reader = Source {
             target,
+            doorbell,
+            relay,
             mode: config.source,
             poll_interval: config.poll_interval,
             coalesce: config.coalesce,

@@ -56,6 +56,7 @@ pub mod log;
 pub mod metrics;
 pub mod pg;
 pub mod query;
+pub mod relay;
 pub mod scope;
 pub mod session;
 #[doc(hidden)]

@@ -152,6 +152,32 @@ impl Limit {
     }
 }
 
+/// How the source received events: `rowcast_events_received_total{path=…}` shows how
+/// much of the database's read cost the doorbell payloads and the relay save.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// In the WAL capturer's NOTIFY payload.
+    Payload,
+    /// From the NATS JetStream relay.
+    Relay,
+    /// By reading `change_log`.
+    Read,
+}
+
+impl Path {
+    /// Every path, in the order of the counters.
+    pub const ALL: [Path; 3] = [Path::Payload, Path::Relay, Path::Read];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Path::Payload => "payload",
+            Path::Relay => "relay",
+            Path::Read => "read",
+        }
+    }
+}
+
 /// Every metric the gateway exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -188,6 +214,18 @@ pub struct Metrics {
     pub source_polling: Gauge,
     /// Commit → first send, per event.
     pub commit_to_send: Histogram,
+    /// Batches of events this replica published to the relay.
+    pub relay_published: Counter,
+    /// Relay publishes that failed or timed out (the consumers then read `change_log`).
+    pub relay_publish_errors: Counter,
+    /// 1 while this replica publishes to the relay, 0 otherwise.
+    pub relay_publisher: Gauge,
+    /// 1 while this replica consumes the relay instead of reading `change_log`.
+    pub relay_consuming: Gauge,
+    /// Commit → arrival through the relay, in microseconds, of the newest relayed event.
+    relay_lag_micros: AtomicI64,
+    /// Events received, indexed like [`Path::ALL`].
+    received: [Counter; 3],
     /// Source lag in microseconds at the last read (0 when caught up).
     source_lag_micros: AtomicI64,
     /// Rejections by limit, indexed like `Limit::ALL`.
@@ -214,6 +252,12 @@ impl Default for Metrics {
             retention_oldest_id: Gauge::default(),
             source_polling: Gauge::default(),
             commit_to_send: Histogram::default(),
+            relay_published: Counter::default(),
+            relay_publish_errors: Counter::default(),
+            relay_publisher: Gauge::default(),
+            relay_consuming: Gauge::default(),
+            relay_lag_micros: AtomicI64::new(0),
+            received: std::array::from_fn(|_| Counter::default()),
             source_lag_micros: AtomicI64::new(0),
             http_responses: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -249,6 +293,18 @@ impl Metrics {
         if let Some(counter) = self.http_responses.get(usize::from(status)) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The counter of events received by `path`.
+    pub fn received(&self, path: Path) -> &Counter {
+        let index = Path::ALL.iter().position(|p| *p == path).unwrap_or(0);
+        &self.received[index]
+    }
+
+    /// Sets the relay lag.
+    pub fn set_relay_lag_micros(&self, micros: i64) {
+        self.relay_lag_micros
+            .store(micros.max(0), Ordering::Relaxed);
     }
 
     /// Sets the source lag.
@@ -332,7 +388,54 @@ impl Metrics {
         );
         let lag = self.source_lag_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "rowcast_source_lag_seconds {lag}");
+        write_family(
+            &mut out,
+            "rowcast_events_received_total",
+            "counter",
+            "Events the source received, by path: doorbell payload, relay, or read.",
+        );
+        for path in Path::ALL {
+            let _ = writeln!(
+                out,
+                "rowcast_events_received_total{{path=\"{}\"}} {}",
+                path.label(),
+                self.received(path).get()
+            );
+        }
+        write_family(
+            &mut out,
+            "rowcast_relay_lag_seconds",
+            "gauge",
+            "Commit to arrival through the relay of the newest relayed event.",
+        );
+        let lag = self.relay_lag_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "rowcast_relay_lag_seconds {lag}");
+        for (name, help, gauge) in [
+            (
+                "rowcast_relay_publisher",
+                "1 while this replica publishes events to the relay.",
+                &self.relay_publisher,
+            ),
+            (
+                "rowcast_relay_consuming",
+                "1 while this replica receives events from the relay.",
+                &self.relay_consuming,
+            ),
+        ] {
+            write_family(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {}", gauge.get());
+        }
         for (name, help, counter) in [
+            (
+                "rowcast_relay_published_total",
+                "Batches of events published to the relay.",
+                &self.relay_published,
+            ),
+            (
+                "rowcast_relay_publish_errors_total",
+                "Relay publishes that failed or timed out.",
+                &self.relay_publish_errors,
+            ),
             (
                 "rowcast_db_reconnects_total",
                 "Source reconnections after losing the database.",
@@ -444,6 +547,12 @@ mod tests {
             "rowcast_retention_passes_total 0",
             "rowcast_retention_oldest_id 0",
             "rowcast_source_polling 0",
+            "rowcast_events_received_total{path=\"payload\"} 0",
+            "rowcast_events_received_total{path=\"relay\"} 0",
+            "rowcast_events_received_total{path=\"read\"} 0",
+            "rowcast_relay_lag_seconds 0",
+            "rowcast_relay_publish_errors_total 0",
+            "rowcast_relay_publisher 0",
             "rowcast_http_responses_total{status=\"404\"} 1",
             "rowcast_commit_to_send_seconds_bucket{le=\"0.0025\"} 1",
             "rowcast_commit_to_send_seconds_bucket{le=\"0.001\"} 0",

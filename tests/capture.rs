@@ -37,6 +37,8 @@ impl Reader {
         let stop = CancellationToken::new();
         let source = Source {
             target: target.clone(),
+            doorbell: Default::default(),
+            relay: None,
             mode,
             poll_interval: Duration::from_millis(50),
             coalesce: Duration::from_millis(2),

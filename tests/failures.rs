@@ -166,17 +166,6 @@ fn spawn_resuming_sse(
     })
 }
 
-async fn all_ids(db: &TestDb) -> Vec<u64> {
-    let client = db.client().await;
-    client
-        .query("SELECT id FROM realtime.change_log ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, i64>(0) as u64)
-        .collect()
-}
-
 async fn wait_readyz(addr: SocketAddr, want: u16, within: Duration) {
     let deadline = Instant::now() + within;
     loop {

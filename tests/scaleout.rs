@@ -4,6 +4,7 @@
 
 mod support;
 
+use support::process::db_name;
 use support::*;
 
 use std::future::Future;
@@ -73,12 +74,13 @@ impl Replica {
         let stderr = std::fs::File::create(dir.file("stderr.log")).expect("log file");
         let mut capture = Vec::new();
         if wal_matrix() && !extra.contains(&"--capture") {
-            capture = vec!["--capture", "wal", "--capture-slot", database_name(url)];
+            capture = vec!["--capture", "wal", "--capture-slot", db_name(url)];
         }
         let child = Command::new(binary())
             .args(["--listen", &addr.to_string(), "--database-url", url])
             .args(capture)
             .args(extra)
+            .args(support::nats::relay_flags(db_name(url)))
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", "info,tokio_postgres=warn")
             .stdin(Stdio::null())
@@ -161,12 +163,6 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// The database a `postgres://…/<name>?…` URL names.
-fn database_name(url: &str) -> &str {
-    let path = url.rsplit('/').next().unwrap_or_default();
-    path.split('?').next().unwrap_or_default()
 }
 
 /// Waits until `check` holds, polling; panics naming `what` after [`WAIT`].

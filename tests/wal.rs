@@ -746,3 +746,127 @@ async fn switching_back_to_triggers_with_no_capturer_running_drains_the_slot_its
         .get(0);
     assert_eq!(slots, 0, "the slot is dropped, holding no WAL");
 }
+
+/// The ids of `n` change events read from `sse`, checked to be in increasing order.
+async fn ids_in_order(sse: &mut SseClient, n: usize) -> Vec<u64> {
+    let ids: Vec<u64> = sse
+        .changes(n)
+        .await
+        .iter()
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "out of order: {ids:?}");
+    ids
+}
+
+/// Events a replica received by `path`.
+fn received(server: &TestServer, path: rowcast::metrics::Path) -> u64 {
+    server.gateway.metrics.received(path).get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn doorbell_payloads_carry_events_and_whatever_they_cannot_carry_is_read() {
+    use rowcast::metrics::Path;
+    let db = TestDb::new();
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE notes (id serial PRIMARY KEY, body text); SELECT realtime.track('notes')",
+        )
+        .await
+        .unwrap();
+    let a = TestServer::start(wal_config(&db)).await;
+    let b = TestServer::start(wal_config(&db)).await;
+    let client = db.client().await;
+    let mut clients = vec![
+        SseClient::connect(a.addr, "", &[]).await,
+        SseClient::connect(b.addr, "", &[]).await,
+    ];
+    for sse in &mut clients {
+        sse.until_ready().await;
+    }
+    // Small commits: their events come in the doorbell, on both replicas.
+    let reads = [&a, &b].map(|s| s.gateway.metrics.catchup_queries.get());
+    for k in 0..20 {
+        insert_order(&client, &format!("small {k}"), "p").await;
+    }
+    let mut expected: Vec<u64> = Vec::new();
+    let first = ids_in_order(&mut clients[0], 20).await;
+    assert_eq!(ids_in_order(&mut clients[1], 20).await, first);
+    expected.extend(&first);
+    for server in [&a, &b] {
+        assert!(
+            received(server, Path::Payload) >= 18,
+            "payload path unused: {} by payload, {} by read",
+            received(server, Path::Payload),
+            received(server, Path::Read)
+        );
+    }
+    let reads_after = [&a, &b].map(|s| s.gateway.metrics.catchup_queries.get());
+    assert!(
+        reads_after[0] - reads[0] < 10 && reads_after[1] - reads[1] < 10,
+        "20 commits cost {reads:?} → {reads_after:?} reads"
+    );
+    // A row too large for a NOTIFY payload: read.
+    let read_before = received(&b, Path::Read);
+    client
+        .batch_execute("INSERT INTO notes (body) VALUES (repeat('x', 9000))")
+        .await
+        .unwrap();
+    let big = ids_in_order(&mut clients[1], 1).await;
+    assert_eq!(ids_in_order(&mut clients[0], 1).await, big);
+    expected.extend(&big);
+    assert!(
+        received(&b, Path::Read) > read_before,
+        "the large row was not read"
+    );
+    // Ids drawn and never used (a gap the payload's `after` explains): still payloads.
+    let payload_before = received(&b, Path::Payload);
+    client
+        .batch_execute("SELECT nextval('realtime.change_log_id_seq') FROM generate_series(1, 5)")
+        .await
+        .unwrap();
+    insert_order(&client, "after unused ids", "p").await;
+    let after_unused = ids_in_order(&mut clients[1], 1).await;
+    assert_eq!(ids_in_order(&mut clients[0], 1).await, after_unused);
+    expected.extend(&after_unused);
+    assert!(
+        received(&b, Path::Payload) > payload_before,
+        "a known gap forced a read"
+    );
+    // A row no payload announced (written behind the capturer's back, silently): the
+    // next payload's `after` is past the replicas' head, so they read both.
+    let read_before = received(&b, Path::Read);
+    client
+        .batch_execute(
+            "BEGIN; SELECT pg_advisory_xact_lock(32199620637860724);
+             INSERT INTO realtime.change_log (id, \"table\", op, row, committed_at)
+                 VALUES (nextval('realtime.change_log_id_seq'), 'orders', 'INSERT', '{\"id\": -1, \"customer_name\": \"silent\"}', now());
+             COMMIT",
+        )
+        .await
+        .unwrap();
+    insert_order(&client, "after the silent row", "p").await;
+    let both = ids_in_order(&mut clients[1], 2).await;
+    assert_eq!(ids_in_order(&mut clients[0], 2).await, both);
+    expected.extend(&both);
+    assert!(
+        received(&b, Path::Read) > read_before,
+        "the unannounced row was not read"
+    );
+    // A replica that joins late starts from the head and follows payloads from there;
+    // a client resuming from the start on it gets everything once, in order.
+    let c = TestServer::start(wal_config(&db)).await;
+    let mut late = SseClient::connect(c.addr, "", &[("Last-Event-ID", "0")]).await;
+    let (replayed, _) = late.until_ready().await;
+    let replayed: Vec<u64> = replayed
+        .iter()
+        .filter(|e| e.event.as_deref() == Some("change"))
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(replayed, expected);
+    insert_order(&client, "last", "p").await;
+    let last = ids_in_order(&mut late, 1).await;
+    assert_eq!(ids_in_order(&mut clients[0], 1).await, last);
+    assert_eq!(ids_in_order(&mut clients[1], 1).await, last);
+}

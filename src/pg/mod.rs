@@ -3,10 +3,12 @@
 //! (and the sessions' catch-up reader), the catalog of tracked tables, the snapshots of
 //! live views, the source task and retention.
 
+pub mod batch;
 pub mod capture;
 pub mod catalog;
 pub mod changes;
 pub mod connect;
+pub mod doorbell;
 pub mod embedded;
 pub mod migrate;
 pub mod pool;

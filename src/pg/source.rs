@@ -1,29 +1,39 @@
 //! The source: reads `change_log` by cursor into the event log and wakes the hub.
 //!
-//! NOTIFY is only a doorbell: whatever woke it (a notification, a poll tick, a
-//! reconnect), the source runs the same query, `WHERE id > cursor ORDER BY id LIMIT n`,
-//! so every mode yields the same ids and nothing depends on NOTIFY payloads.
+//! Whatever woke it (a notification, a poll tick, a reconnect), the source runs the
+//! same query, `WHERE id > cursor ORDER BY id LIMIT n`, so every mode yields the same
+//! ids. The one exception is a batch of events that says which id came before it
+//! (see [`batch`](super::batch)): the WAL capturer's doorbell payload, or a relay
+//! message. A batch that continues the head is appended as it is; anything else is
+//! answered by the same read, so order and exactly-once rest on `change_log` alone.
 //!
 //! What a read costs is paid by every replica, so the source reads no more than it
 //! must: one read per wake-up however many doorbells rang before it was sent (their
-//! commits are all visible to it), and in notify mode through a statement prepared
-//! once per connection (see [`changes::read_after_prepared`]).
+//! commits are all visible to it), none for a batch it could append, and in notify
+//! mode through a statement prepared once per connection (see
+//! [`changes::read_after_prepared`]). With the relay (see [`crate::relay`]) the
+//! source of a consuming replica does not even listen.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, Statement};
 use tokio_util::sync::CancellationToken;
 
+use super::batch::Fit;
 use super::catalog::CatalogCache;
+use super::doorbell::{Bell, Doorbell};
 use super::{changes, DbError, DbTarget};
+use crate::event::Event;
 use crate::filter::Catalog;
 use crate::hub::Hub;
 use crate::log::EventLog;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Path};
+use crate::relay::{Relay, RELAY_LOCK};
 
 /// How the source learns that there is something to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +60,8 @@ impl SourceMode {
 
 /// The doorbell channel the capture trigger notifies.
 pub const CHANNEL: &str = "rowcast";
+/// The payload of `auto`'s probe notification.
+const PROBE: &str = "probe";
 /// The `application_name` of the source's connection.
 pub const SOURCE_APPLICATION_NAME: &str = "rowcast source";
 /// Rows per cursor read.
@@ -144,6 +156,11 @@ pub struct Source {
     /// one read (and one wake-up of every subscriber) then carries many events, so
     /// clients get several per socket write. Idle-to-first-event latency is unaffected.
     pub coalesce: Duration,
+    /// Where notifications (and relay messages) are queued for the source: one for
+    /// the source's life, so the relay consumer keeps ringing it across reconnects.
+    pub doorbell: Arc<Doorbell>,
+    /// The NATS relay, with `--relay`: publish while holding its lock, else consume.
+    pub relay: Option<Arc<Relay>>,
     /// Where events go.
     pub log: Arc<EventLog>,
     /// Who to wake.
@@ -167,6 +184,10 @@ impl Source {
                 outcome = self.session(&mut backoff, &mut connected_before) => outcome,
             };
             self.status.set_live(false);
+            if let Some(relay) = &self.relay {
+                // The lock went with the connection.
+                relay.set_publishing(false);
+            }
             self.hub.wake_all();
             match outcome {
                 Ok(()) => break,
@@ -194,17 +215,26 @@ impl Source {
             .with_application_name(SOURCE_APPLICATION_NAME)
             .connect()
             .await?;
-        let doorbell = Arc::new(Doorbell::default());
+        let doorbell = Arc::clone(&self.doorbell);
+        // The probe of `auto` listens for its own notification only: the doorbell is
+        // also rung by the relay.
+        let probe = Arc::new(Notify::new());
         let lost = CancellationToken::new();
         let driver = {
             let doorbell = Arc::clone(&doorbell);
+            let probe = Arc::clone(&probe);
             let lost = lost.clone();
             // A spawned `Connection` drops notifications; polling messages ourselves
             // both drives the connection and receives them.
             tokio::spawn(async move {
                 loop {
                     match poll_fn(|cx| connection.poll_message(cx)).await {
-                        Some(Ok(AsyncMessage::Notification(_))) => doorbell.ring(),
+                        Some(Ok(AsyncMessage::Notification(note))) if note.payload() == PROBE => {
+                            probe.notify_one()
+                        }
+                        Some(Ok(AsyncMessage::Notification(note))) => {
+                            doorbell.ring(Bell::of_payload(note.payload()))
+                        }
                         Some(Ok(_)) => {}
                         Some(Err(err)) => {
                             tracing::debug!(%err, "source connection failed");
@@ -218,7 +248,7 @@ impl Source {
         };
         let _abort_driver = AbortOnDrop(driver);
 
-        let mode = self.decide_mode(&client, &doorbell).await?;
+        let mode = self.decide_mode(&client, &probe).await?;
         self.status.mode.store(
             if mode == SourceMode::Notify { 1 } else { 2 },
             Ordering::Relaxed,
@@ -246,22 +276,53 @@ impl Source {
         } else {
             self.poll_interval
         };
-        let mut last_read;
+        self.try_relay_lock(&client, mode).await?;
+        let mut listening = mode == SourceMode::Notify;
+        // Read first: whatever was committed while this connection was being set up.
+        let mut must_read = true;
+        let mut last_read = Instant::now();
         loop {
-            // Read until caught up; a full batch means there may be more. Doorbells
-            // heard before a read is sent are answered by it.
-            let mut answered;
-            loop {
-                last_read = Instant::now();
-                answered = doorbell.rung();
-                let read = self.read_batch(&client, statement.as_ref()).await?;
-                if !self.status.is_live() {
-                    self.status.set_live(true);
-                    *backoff = BACKOFF_START;
+            // While the relay serves this replica, PostgreSQL need not notify it; when
+            // the relay stops, it listens again. Either switch is bridged by a read.
+            if let (Some(relay), SourceMode::Notify) = (&self.relay, mode) {
+                let listen = !relay.consuming();
+                if listen != listening {
+                    let command = if listen { "LISTEN" } else { "UNLISTEN" };
+                    with_timeout(client.batch_execute(&format!("{command} {CHANNEL}"))).await?;
+                    listening = listen;
+                    must_read = true;
                 }
-                if read < BATCH as usize {
-                    break;
+            }
+            // Bells heard so far are answered here: batches that continue the head are
+            // appended as they are, anything else (a bare doorbell, a gap, a batch that
+            // did not decode) is answered by reading, which sees every commit whose
+            // notification has arrived.
+            let answered = doorbell.rung();
+            for bell in doorbell.take() {
+                match bell {
+                    Bell::Read => must_read = true,
+                    Bell::Batch(_, _) if must_read => {}
+                    Bell::Batch(batch, path) => match batch.fit(self.log.head()) {
+                        Fit::Held => {}
+                        Fit::Continues(from) => self.deliver(&batch.events[from..], path),
+                        Fit::Gap => must_read = true,
+                    },
                 }
+            }
+            if must_read {
+                // Until caught up; a full batch means there may be more.
+                loop {
+                    last_read = Instant::now();
+                    let read = self.read_batch(&client, statement.as_ref()).await?;
+                    if read < BATCH as usize {
+                        break;
+                    }
+                }
+                must_read = false;
+            }
+            if !self.status.is_live() {
+                self.status.set_live(true);
+                *backoff = BACKOFF_START;
             }
             if last_catalog.elapsed() >= CATALOG_REFRESH {
                 self.refresh_catalog(&client).await?;
@@ -274,23 +335,42 @@ impl Source {
                         reason: "connection closed".into(),
                     });
                 }
-                _ = doorbell.rung_after(answered), if mode == SourceMode::Notify => {
+                _ = doorbell.rung_after(answered), if mode == SourceMode::Notify || self.relay.is_some() => {
                     let wait = self.coalesce.saturating_sub(last_read.elapsed());
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
                     }
                 }
-                _ = tokio::time::sleep(tick) => {}
+                _ = tokio::time::sleep(tick) => {
+                    must_read = true;
+                    self.try_relay_lock(&client, mode).await?;
+                }
             }
         }
     }
 
+    /// With a relay, tries for its publisher lock (held by this connection's session)
+    /// unless already held. Only in notify mode: a polling source may be behind a
+    /// pooler in transaction mode, where a session lock holds nothing.
+    async fn try_relay_lock(&self, client: &Client, mode: SourceMode) -> Result<(), DbError> {
+        let Some(relay) = &self.relay else {
+            return Ok(());
+        };
+        if relay.publishing() || mode != SourceMode::Notify {
+            return Ok(());
+        }
+        let locked: bool = with_timeout(client.query_typed_one(
+            "SELECT pg_try_advisory_lock($1)",
+            &[(&RELAY_LOCK, Type::INT8)],
+        ))
+        .await?
+        .get(0);
+        relay.set_publishing(locked);
+        Ok(())
+    }
+
     /// Chooses notify or poll for this connection.
-    async fn decide_mode(
-        &self,
-        client: &Client,
-        doorbell: &Doorbell,
-    ) -> Result<SourceMode, DbError> {
+    async fn decide_mode(&self, client: &Client, probe: &Notify) -> Result<SourceMode, DbError> {
         if self.mode == SourceMode::Poll {
             return Ok(SourceMode::Poll);
         }
@@ -309,9 +389,9 @@ impl Source {
         // ring the doorbell and see. It must ring from another connection, the way
         // writers do: a session hears its own NOTIFY, and a pooler hands that one back
         // to the client that sent it, so a probe from this connection always succeeds.
-        let heard = doorbell.rung_after(doorbell.rung());
+        let heard = probe.notified();
         let ringer = with_timeout(self.target.connect_spawned()).await?;
-        with_timeout(ringer.batch_execute(&format!("NOTIFY {CHANNEL}, 'probe'"))).await?;
+        with_timeout(ringer.batch_execute(&format!("NOTIFY {CHANNEL}, '{PROBE}'"))).await?;
         drop(ringer);
         if tokio::time::timeout(PROBE_TIMEOUT, heard).await.is_ok() {
             Ok(SourceMode::Notify)
@@ -331,7 +411,6 @@ impl Source {
         client: &Client,
         statement: Option<&Statement>,
     ) -> Result<usize, DbError> {
-        let started = std::time::SystemTime::now();
         self.metrics.catchup_queries.inc();
         let head = self.log.head();
         let events = match statement {
@@ -341,21 +420,33 @@ impl Source {
             None => with_timeout(changes::read_after(client, head, BATCH)).await?,
         };
         let count = events.len();
-        match events.last() {
-            Some(newest) => {
-                let now_micros = started
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_micros() as i64)
-                    .unwrap_or(0);
-                self.metrics
-                    .set_source_lag_micros(now_micros - newest.committed_at_micros);
-                self.metrics.events_captured.add(count as u64);
-                self.log.append(events.iter().cloned());
-                self.hub.wake(&events);
-            }
-            None => self.metrics.set_source_lag_micros(0),
+        if events.is_empty() {
+            self.metrics.set_source_lag_micros(0);
+        } else {
+            self.deliver(&events, Path::Read);
         }
         Ok(count)
+    }
+
+    /// Appends events that continue the head to the log and wakes their subscribers.
+    fn deliver(&self, events: &[Arc<Event>], path: Path) {
+        let Some(newest) = events.last() else {
+            return;
+        };
+        let now_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        self.metrics
+            .set_source_lag_micros(now_micros - newest.committed_at_micros);
+        self.metrics.events_captured.add(events.len() as u64);
+        self.metrics.received(path).add(events.len() as u64);
+        let after = self.log.head();
+        self.log.append(events.iter().cloned());
+        self.hub.wake(events);
+        if let Some(relay) = &self.relay {
+            relay.offer(after, events);
+        }
     }
 
     async fn refresh_catalog(&self, client: &Client) -> Result<(), DbError> {
@@ -382,82 +473,10 @@ async fn with_timeout<T, E: Into<DbError>>(
     }
 }
 
-/// Notifications heard on the source's connection, counted. A notification received
-/// before a read was sent is for a commit that read sees (PostgreSQL delivers it only
-/// once the commit is visible), so the source waits for one counted after its last
-/// read was sent, not for every one: a burst of doorbells costs one read, not one
-/// read each plus an empty one.
-#[derive(Debug, Default)]
-struct Doorbell {
-    /// Notifications so far; only ever grows.
-    rung: AtomicU64,
-    /// Wakes the source when `rung` grows.
-    notify: Notify,
-}
-
-impl Doorbell {
-    /// Counts one notification (the connection's driver calls it, in message order).
-    fn ring(&self) {
-        self.rung.fetch_add(1, Ordering::AcqRel);
-        self.notify.notify_one();
-    }
-
-    /// Notifications so far.
-    fn rung(&self) -> u64 {
-        self.rung.load(Ordering::Acquire)
-    }
-
-    /// Returns once more than `seen` notifications have been counted.
-    async fn rung_after(&self, seen: u64) {
-        loop {
-            // A permit left by a notification already answered wakes this once; the
-            // count then sends it back to waiting.
-            let notified = self.notify.notified();
-            if self.rung() > seen {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn doorbells_rung_before_a_read_do_not_wake_the_source_after_it() {
-        let doorbell = Doorbell::default();
-        doorbell.ring();
-        doorbell.ring();
-        let answered = doorbell.rung();
-        let waiting =
-            tokio::time::timeout(Duration::from_millis(50), doorbell.rung_after(answered));
-        assert!(
-            waiting.await.is_err(),
-            "woke for doorbells already answered"
-        );
-        doorbell.ring();
-        tokio::time::timeout(Duration::from_secs(5), doorbell.rung_after(answered))
-            .await
-            .expect("a doorbell after the read wakes the source");
-    }
-
-    #[tokio::test]
-    async fn a_doorbell_rung_while_nobody_waits_is_not_lost() {
-        let doorbell = Doorbell::default();
-        let answered = doorbell.rung();
-        doorbell.ring();
-        tokio::time::timeout(Duration::from_secs(5), doorbell.rung_after(answered))
-            .await
-            .expect("the doorbell rung before the wait began wakes it");
     }
 }

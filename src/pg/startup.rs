@@ -23,6 +23,9 @@ pub enum StartError {
     /// The private server failed.
     #[error("private PostgreSQL: {0}")]
     Embedded(#[from] EmbeddedError),
+    /// The relay could not be set up (a URL the NATS client refuses).
+    #[error("relay: {0}")]
+    Relay(#[from] crate::relay::RelayError),
 }
 
 /// The database to use, and the private server behind it if one was started.

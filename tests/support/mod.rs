@@ -6,6 +6,7 @@
 pub mod clients;
 pub mod contract;
 pub mod either;
+pub mod nats;
 pub mod process;
 pub mod proxy;
 pub mod wal;
@@ -260,13 +261,20 @@ fn allow_password_role(server: &Embedded) {
 /// Starts a watchdog that stops the cluster and deletes its directory once this test
 /// process has exited, however it exits (a failed assertion, a panic, a kill).
 fn reap_when_we_exit(dir: &std::path::Path) {
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
-         if [ -f '{dir}/postmaster.pid' ]; then kill -QUIT $(head -1 '{dir}/postmaster.pid') 2>/dev/null; fi; \
+    when_we_exit(&format!(
+        "if [ -f '{dir}/postmaster.pid' ]; then kill -QUIT $(head -1 '{dir}/postmaster.pid') 2>/dev/null; fi; \
          for i in $(seq 1 50); do [ -f '{dir}/postmaster.pid' ] || break; sleep 0.1; done; \
          rm -rf '{dir}'",
-        pid = std::process::id(),
         dir = dir.display()
+    ));
+}
+
+/// Runs the shell `script` once this test process has exited, however it exits: for
+/// servers held in statics, which are never dropped.
+pub fn when_we_exit(script: &str) {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {script}",
+        pid = std::process::id()
     );
     let _ = Command::new("setsid")
         .args(["sh", "-c", &script])
@@ -304,6 +312,7 @@ impl TestDb {
     /// A gateway configuration pointing at this database, listening on port 0. With
     /// `ROWCAST_TEST_CAPTURE=wal` every such gateway captures from the WAL (on a slot
     /// named after the database): the capture-mode matrix runs the same tests twice.
+    /// With `ROWCAST_TEST_RELAY=1` every such gateway relays through NATS.
     pub fn config(&self) -> Config {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -314,6 +323,11 @@ impl TestDb {
         if wal_matrix() {
             config.capture = rowcast::pg::capture::CaptureMode::Wal;
             config.capture_slot = self.name.clone();
+        }
+        // The relay matrix: one stream per database on the shared NATS server.
+        if let Some(url) = nats::matrix_relay() {
+            config.relay = Some(url);
+            config.relay_stream = self.name.clone();
         }
         config
     }
@@ -436,6 +450,18 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The id of every row in `change_log`, in order.
+pub async fn all_ids(db: &TestDb) -> Vec<u64> {
+    db.client()
+        .await
+        .query("SELECT id FROM realtime.change_log ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .collect()
 }
 
 /// Inserts an order with SQL and returns its id.

@@ -6,6 +6,12 @@ use std::time::{Duration, Instant};
 
 use super::{binary, free_port, http, WAIT};
 
+/// The database name in a URL (`…/name?query`): the relay matrix's stream name.
+pub fn db_name(url: &str) -> &str {
+    let path = url.split('?').next().unwrap_or(url);
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 /// A running gateway process; killed when dropped.
 pub struct GatewayProcess {
     /// Its child process.
@@ -28,6 +34,7 @@ impl GatewayProcess {
             database_url.to_owned(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(super::nats::relay_flags(db_name(database_url)));
         GatewayProcess::spawn(addr, args).await
     }
 

@@ -16,6 +16,8 @@ use tokio_postgres::{Client, Statement};
 
 use super::decode::{RelationDesc, Value};
 use super::CaptureError;
+use crate::event::ChangeRecord;
+use crate::pg::changes::record_of;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for commit times.
 const PG_EPOCH_SECS: u64 = 946_684_800;
@@ -31,6 +33,10 @@ pub struct Shape {
     width: usize,
     /// `INSERT INTO change_log … SELECT … to_jsonb(row)`, prepared once per shape.
     statement: Statement,
+    /// The same, `RETURNING` the rows as a read returns them: used only while the
+    /// batch may still fit a doorbell payload, since returning large rows costs the
+    /// database and the capturer.
+    returning: Statement,
 }
 
 impl Shape {
@@ -76,26 +82,33 @@ impl Shape {
             new = image("$4"),
             old = image("$5"),
         );
-        let statement = client
-            .prepare_typed(
-                &sql,
-                &[
-                    Type::TEXT,
-                    Type::TEXT_ARRAY,
-                    Type::TIMESTAMPTZ_ARRAY,
-                    Type::TEXT_ARRAY,
-                    Type::TEXT_ARRAY,
-                ],
-            )
+        let types = [
+            Type::TEXT,
+            Type::TEXT_ARRAY,
+            Type::TIMESTAMPTZ_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+        ];
+        let statement = client.prepare_typed(&sql, &types).await?;
+        let returning = client
+            .prepare_typed(&format!("{sql} RETURNING {RETURNING}"), &types)
             .await?;
         Ok(Shape {
             oid: desc.oid,
             table: desc.table.clone(),
             width,
             statement,
+            returning,
         })
     }
 }
+
+/// What the insert returns of each row: the columns of
+/// [`READ_AFTER`](crate::pg::changes::READ_AFTER), so that the doorbell can carry the
+/// events exactly as a read of `change_log` would return them.
+const RETURNING: &str = r#"id, "table", op, row, old,
+    to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    (extract(epoch FROM committed_at) * 1000000)::int8"#;
 
 /// One change ready to insert.
 #[derive(Debug)]
@@ -122,8 +135,24 @@ pub fn commit_time(micros: i64) -> SystemTime {
     }
 }
 
-/// Inserts `changes` in order (one statement per run of one shape); returns how many.
-pub async fn insert(client: &Client, changes: &[Change]) -> Result<usize, CaptureError> {
+/// The bytes of text the changes' row images hold: no JSON rendering of them is
+/// shorter, so a chunk above the doorbell's limit need not be returned.
+pub fn text_bytes(changes: &[Change]) -> usize {
+    let image = |values: &[Value]| values.iter().flatten().map(|v| v.len()).sum::<usize>();
+    changes
+        .iter()
+        .map(|c| image(&c.row) + c.old.as_deref().map_or(0, image))
+        .sum()
+}
+
+/// Inserts `changes` in order (one statement per run of one shape); with `returning`,
+/// the rows written are returned, in id order.
+pub async fn insert(
+    client: &Client,
+    changes: &[Change],
+    returning: bool,
+) -> Result<Vec<ChangeRecord>, CaptureError> {
+    let mut written = Vec::new();
     let mut start = 0;
     while start < changes.len() {
         let shape = &changes[start].shape;
@@ -140,15 +169,18 @@ pub async fn insert(client: &Client, changes: &[Change]) -> Result<usize, Captur
             push_image(&mut rows, Some(&change.row), shape.width)?;
             push_image(&mut olds, change.old.as_deref(), shape.width)?;
         }
-        client
-            .execute(
-                &shape.statement,
-                &[&shape.table, &ops, &times, &rows, &olds],
-            )
-            .await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&shape.table, &ops, &times, &rows, &olds];
+        if returning {
+            for row in client.query(&shape.returning, &params).await? {
+                written.push(record_of(&row)?);
+            }
+        } else {
+            client.execute(&shape.statement, &params).await?;
+        }
         start = end;
     }
-    Ok(changes.len())
+    Ok(written)
 }
 
 /// Appends one row image, `width` values (NULLs when there is none).

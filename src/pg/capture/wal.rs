@@ -29,14 +29,16 @@ use pgwire_replication::{
 };
 use tokio_postgres::config::Host;
 use tokio_postgres::types::{PgLsn, Type};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{self, Change, Shape};
 use super::decode::{Decoded, Decoder, RowChange};
 use super::{switch, CaptureError, CaptureMode, CaptureStatus, Refusal, PUBLICATION};
+use crate::event::ChangeRecord;
 use crate::pg::connect::TlsMode;
 use crate::pg::DbTarget;
+use crate::pg::{batch, changes};
 
 /// 0x726f7763 = 'rowc': held (session-scoped) by the one capturer.
 pub const CAPTURER_LOCK: i64 = 1_920_890_723;
@@ -58,6 +60,9 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// Decoded messages buffered between the socket and the capturer: bounded memory.
 const STREAM_BUFFER: usize = 1024;
+/// Events a doorbell payload may carry at most: beyond it the payload would not fit
+/// NOTIFY's limit anyway, so the rows are not returned (replicas read `change_log`).
+const PAYLOAD_EVENTS: usize = 128;
 
 /// The WAL capturer of one replica.
 #[derive(Debug)]
@@ -179,6 +184,9 @@ impl Capturer {
             open: false,
             commits: 0,
             batch_end: None,
+            after: None,
+            records: Some(Vec::new()),
+            payload_bytes: 0,
         }
         .run()
         .await
@@ -304,6 +312,15 @@ struct Stream<'a> {
     commits: usize,
     /// The commit and end LSNs of the batch's last transaction.
     batch_end: Option<(u64, u64)>,
+    /// The newest id committed before the open batch, read under the commit-order
+    /// lock: the doorbell payload's `after`, which lets replicas detect gaps exactly.
+    after: Option<u64>,
+    /// The open batch's rows as written, for the doorbell payload; `None` once there
+    /// are more than [`PAYLOAD_EVENTS`] (the payload could not fit).
+    records: Option<Vec<ChangeRecord>>,
+    /// The text bytes of the open batch's row images so far: past
+    /// [`batch::NOTIFY_LIMIT`] the payload cannot fit, and rows are no longer returned.
+    payload_bytes: usize,
 }
 
 /// The transaction being received.
@@ -489,22 +506,52 @@ impl Stream<'_> {
     /// Inserts the pending changes into the open batch (opening it if needed).
     async fn flush_chunk(&mut self) -> Result<(), CaptureError> {
         if !self.open {
-            deadline(
+            // Under the commit-order lock every id drawn before is committed or rolled
+            // back, so the head read here is exactly the event before this batch.
+            let opened = deadline(
                 "opening a batch",
-                self.client.batch_execute(&format!(
-                    "BEGIN; SELECT pg_advisory_xact_lock({COMMIT_ORDER_LOCK})"
+                self.client.simple_query(&format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock({COMMIT_ORDER_LOCK}); {}",
+                    changes::HEAD
                 )),
             )
             .await??;
             self.open = true;
+            self.after = opened.iter().rev().find_map(|message| match message {
+                SimpleQueryMessage::Row(row) => row.get(0).and_then(|h| h.parse().ok()),
+                _ => None,
+            });
+            self.records = Some(Vec::new());
+            self.payload_bytes = 0;
         }
-        deadline(
+        // Rows are returned for the payload only while the batch may still fit it.
+        if let Some(kept) = &self.records {
+            self.payload_bytes += apply::text_bytes(&self.pending);
+            if kept.len() + self.pending.len() > PAYLOAD_EVENTS
+                || self.payload_bytes > batch::NOTIFY_LIMIT
+            {
+                self.records = None;
+            }
+        }
+        let written = deadline(
             "inserting changes",
-            apply::insert(self.client, &self.pending),
+            apply::insert(self.client, &self.pending, self.records.is_some()),
         )
         .await??;
+        if let Some(kept) = &mut self.records {
+            kept.extend(written);
+        }
         self.pending.clear();
         Ok(())
+    }
+
+    /// The doorbell payload of the open batch: its events, if they fit.
+    fn payload(&mut self) -> String {
+        let (Some(after), Some(mut records)) = (self.after.take(), self.records.take()) else {
+            return String::new();
+        };
+        records.sort_by_key(|r| r.id);
+        batch::encode_for_notify(after, &records).unwrap_or_default()
     }
 
     /// Commits the batch with its last commit LSN and the doorbell, then confirms the
@@ -523,10 +570,16 @@ impl Stream<'_> {
             ),
         )
         .await??;
+        // The doorbell carries the events when they fit (an empty payload says: read
+        // change_log). Sent together with the COMMIT: one round trip.
+        let payload = self.payload();
         deadline(
             "committing a batch",
-            self.client
-                .batch_execute("SELECT pg_notify('rowcast', ''); COMMIT"),
+            futures_util::future::try_join(
+                self.client
+                    .execute_typed("SELECT pg_notify('rowcast', $1)", &[(&payload, Type::TEXT)]),
+                self.client.batch_execute("COMMIT"),
+            ),
         )
         .await??;
         self.open = false;
