@@ -489,22 +489,22 @@ async fn retention_by_age_prunes_older_rows_keeps_newer_ones_and_reports_the_hea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_point_pruned_by_one_replica_gets_reset_on_another() {
     let db = TestDb::new();
-    // `pruner` keeps 5 ids of history; `server` prunes nothing itself and holds only 8
-    // events in memory, so it must ask change_log for an old resume point.
+    // `server` prunes nothing itself and holds only 8 events in memory, so it must ask
+    // change_log for an old resume point; `pruner`, started once the ids are known,
+    // keeps 5 ids of history. Pruning starts only then: with it running, a burst of 30
+    // (WAL capture applies them as one batch) could be pruned before a replica's
+    // source read it, and that replica's clients would rightly get `reset`.
+    let server = Replica::start(&db.url, &["--ring-capacity", "8"]).await;
+    let mut ws = WsClient::connect(server.addr, "").await;
+    ws.until_ready().await;
+    insert_orders(&db, 30).await;
+    let ids: Vec<u64> = ws.changes(30).await.iter().map(id_of).collect();
+    drop(ws);
     let pruner = Replica::start(
         &db.url,
         &["--retention-rows", "5", "--retention-interval", "100ms"],
     )
     .await;
-    let server = Replica::start(&db.url, &["--ring-capacity", "8"]).await;
-    // The ids are collected from the pruner, whose ring holds them all: on `server` a
-    // burst of 30 (WAL capture delivers them as one batch) overruns its 8-event ring,
-    // and the catch-up read can lose the race with pruning and rightly get `reset`.
-    let mut ws = WsClient::connect(pruner.addr, "").await;
-    ws.until_ready().await;
-    insert_orders(&db, 30).await;
-    let ids: Vec<u64> = ws.changes(30).await.iter().map(id_of).collect();
-    drop(ws);
     eventually("the pruner to keep 5 ids", || async {
         pruner.metric("rowcast_retention_oldest_id").await == ids[25] as i64
     })
