@@ -340,6 +340,17 @@ impl Source {
             }
             None => with_timeout(changes::read_after(client, head, BATCH)).await?,
         };
+        // Retention may have deleted rows after the head before this read saw them
+        // (a source lagging behind a tight retention). Ids have gaps anyway, so ask only
+        // when the read did not start right after the head; `pruned_upto` read after
+        // the rows is at least what was deleted before them.
+        if events.first().is_none_or(|first| first.id > head + 1) {
+            let pruned = with_timeout(changes::pruned_upto(client)).await?;
+            if pruned > head {
+                tracing::warn!(head, pruned, "retention deleted changes this replica had not read; readers behind get a reset");
+                self.log.skip_to(pruned);
+            }
+        }
         let count = events.len();
         match events.last() {
             Some(newest) => {
