@@ -349,6 +349,8 @@ impl Source {
             if pruned > head {
                 tracing::warn!(head, pruned, "retention deleted changes this replica had not read; readers behind get a reset");
                 self.log.skip_to(pruned);
+                // Every reader behind the gap learns it now, not at the next change.
+                self.hub.wake_all();
             }
         }
         let count = events.len();

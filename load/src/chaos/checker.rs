@@ -325,8 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_client_owes_only_changes_after_its_snapshot_and_is_verified_after_a_reset()
-    {
+    fn a_snapshot_client_owes_only_changes_after_its_snapshot_and_is_verified_after_a_reset() {
         const SNAP: Spec = Spec {
             ws: false,
             filtered: false,
@@ -362,7 +361,12 @@ mod tests {
         let mut v = Verdict::default();
         check(&mut v, 0, &SNAP, &s, &h, &table());
         assert_eq!(
-            (v.resets_justified, v.lost, v.views_wrong, v.views_unverified),
+            (
+                v.resets_justified,
+                v.lost,
+                v.views_wrong,
+                v.views_unverified
+            ),
             (1, 0, 1, 0),
             "{v:?}"
         );

@@ -300,22 +300,38 @@ async fn link_fault(t: &Targets, p: Planned, hold: Duration) -> (bool, String) {
     let loss = 5 + (p.target >> 12) % 26;
     let ends = [(Some(ns), inner), (None, host)];
     let (what, applied) = if partition && t.iptables {
-        ("partition (iptables DROP)".to_string(), drop_rules(ns, inner, "-I", None).await)
+        (
+            "partition (iptables DROP)".to_string(),
+            drop_rules(ns, inner, "-I", None).await,
+        )
     } else if partition {
         let netem = ["loss", "100%"];
-        ("partition (netem loss 100%)".into(), qdisc(&ends, "add", &netem).await)
+        (
+            "partition (netem loss 100%)".into(),
+            qdisc(&ends, "add", &netem).await,
+        )
     } else if t.netem {
-        let (d, j, l) = (format!("{delay}ms"), format!("{}ms", delay / 4), format!("{loss}%"));
+        let (d, j, l) = (
+            format!("{delay}ms"),
+            format!("{}ms", delay / 4),
+            format!("{loss}%"),
+        );
         let netem = ["netem", "delay", &d, &j, "loss", &l];
-        (format!("netem delay {delay}±{j} loss {loss}%"), qdisc(&ends, "add", &netem).await)
+        (
+            format!("netem delay {delay}±{j} loss {loss}%"),
+            qdisc(&ends, "add", &netem).await,
+        )
     } else {
         // No netem in this kernel: loss from an iptables random DROP, delay as the
         // queueing delay of a token bucket (up to `delay` ms of backlog, then drops).
-        let rate = format!("{}kbit", 256 << (p.target >> 20) % 4);
+        let rate = format!("{}kbit", 256 << ((p.target >> 20) % 4));
         let latency = format!("{delay}ms");
         let tbf = ["tbf", "rate", &rate, "burst", "32kb", "latency", &latency];
         let ok = drop_rules(ns, inner, "-I", Some(loss)).await & qdisc(&ends, "add", &tbf).await;
-        (format!("loss {loss}% (iptables) + tbf rate {rate} latency {latency}"), ok)
+        (
+            format!("loss {loss}% (iptables) + tbf rate {rate} latency {latency}"),
+            ok,
+        )
     };
     tokio::time::sleep(hold).await;
     let lifted = if partition && t.iptables {
@@ -400,9 +416,8 @@ async fn terminate_where(url: &str, condition: &str) -> u64 {
     let Some(db) = connect(url).await else {
         return 0;
     };
-    let sql = format!(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {condition}"
-    );
+    let sql =
+        format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {condition}");
     let run = db.query_one(&sql, &[]);
     match tokio::time::timeout(Duration::from_secs(5), run).await {
         Ok(Ok(row)) => row.get::<_, i64>(0) as u64,

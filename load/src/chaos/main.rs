@@ -116,7 +116,13 @@ fn main() -> ExitCode {
     let run_ms = args.seconds * 1000;
     if args.plan_only {
         let net = args.netns.is_some();
-        for p in faults::plan(args.seed, run_ms, args.fault_gap_ms, args.capture == "wal", net) {
+        for p in faults::plan(
+            args.seed,
+            run_ms,
+            args.fault_gap_ms,
+            args.capture == "wal",
+            net,
+        ) {
             println!("{}", serde_json::to_string(&p).unwrap_or_default());
         }
         return ExitCode::SUCCESS;

@@ -3,8 +3,8 @@
 //! `status=eq.pending`. Every failure (a restart, a terminated backend) is counted and
 //! the writer carries on with a new connection.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
