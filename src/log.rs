@@ -122,6 +122,24 @@ impl EventLog {
         }
     }
 
+    /// Retention deleted history up to `pruned`, above the head, before the source
+    /// read it: the ring drops what it holds and serves only events after `pruned`, so
+    /// every reader behind that goes to `change_log`, which answers that the history is
+    /// gone (a `reset`), instead of skipping the deleted changes unnoticed.
+    pub fn skip_to(&self, pruned: u64) {
+        let mut ring = self.ring.write();
+        if pruned <= ring.head {
+            return;
+        }
+        while ring.start < ring.end {
+            let slot = (ring.start & ring.mask) as usize;
+            ring.slots[slot] = None;
+            ring.start += 1;
+        }
+        ring.floor = pruned;
+        ring.head = pruned;
+    }
+
     /// The id of the newest event the source has read.
     pub fn head(&self) -> u64 {
         self.ring.read().head
@@ -214,6 +232,32 @@ mod tests {
         // A cursor inside a gap resumes at the next id.
         log.read_after(6, usize::MAX, |e| Some(Arc::clone(e)), &mut out);
         assert_eq!(ids(&out), [9, 10]);
+    }
+
+    #[test]
+    fn skipping_to_a_pruned_id_sends_every_reader_behind_it_to_the_database() {
+        let log = EventLog::new(8, 0);
+        log.append((1..=3).map(event));
+        log.skip_to(2); // not above the head: nothing to do
+        assert_eq!((log.head(), log.len()), (3, 3));
+        log.skip_to(6);
+        assert_eq!((log.head(), log.len()), (6, 0));
+        let mut out = Vec::new();
+        let all = |e: &Arc<Event>| Some(Arc::clone(e));
+        // A reader at the old head is behind: changes 4..=6 are gone, not skipped.
+        assert_eq!(
+            log.read_after(3, 10, all, &mut out),
+            Read::Behind { floor: 6 }
+        );
+        log.append([5, 7].map(event));
+        assert_eq!(
+            log.read_after(6, 10, all, &mut out),
+            Read::Scanned {
+                position: 7,
+                more: false
+            }
+        );
+        assert_eq!(ids(&out), [7]);
     }
 
     #[test]

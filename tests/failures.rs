@@ -412,3 +412,40 @@ async fn a_database_gone_silent_gets_prompt_503s_and_streams_resume_without_loss
     assert_eq!(again.status, 200, "{}", again.body);
     workload.finish(&db, &gateway, false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_retention_deleted_before_the_source_read_them_reset_live_readers() {
+    // Found by scripts/chaos.sh: a replica whose source lagged (a lossy link to
+    // PostgreSQL) while retention kept only the newest rows read `id > head`, got the
+    // rows after the deleted ones, and its live clients silently lost the deleted
+    // changes. They must get a `reset` instead. One transaction makes the source's
+    // next read see the rows already pruned, deterministically.
+    let db = TestDb::new();
+    let gateway = GatewayProcess::start(&db.url, &[]).await;
+    let mut ws = WsClient::connect(gateway.addr, "tables=orders").await;
+    ws.until_ready().await;
+    let mut admin = db.client().await;
+    let tx = admin.transaction().await.unwrap();
+    tx.batch_execute(
+        "INSERT INTO orders (customer_name, product_name, status)
+             VALUES ('a', 'p', 'pending'), ('b', 'p', 'pending'), ('c', 'p', 'pending');
+         SET CONSTRAINTS ALL IMMEDIATE;
+         SELECT realtime.prune(NULL, 0, (SELECT count(*)::int FROM realtime.change_log));
+         INSERT INTO orders (customer_name, product_name, status) VALUES ('d', 'p', 'pending');",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let first = ws.next_json().await;
+    assert_eq!(first["type"], "reset", "deleted changes skipped: {first}");
+    // The stream goes on after the reset's head.
+    admin
+        .batch_execute(
+            "INSERT INTO orders (customer_name, product_name, status) VALUES ('e', 'p', 'pending')",
+        )
+        .await
+        .unwrap();
+    let next = ws.next_json().await;
+    assert_eq!(next["type"], "change", "{next}");
+    assert_eq!(next["row"]["customer_name"], "e", "{next}");
+}

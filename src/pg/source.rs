@@ -419,6 +419,19 @@ impl Source {
             }
             None => with_timeout(changes::read_after(client, head, BATCH)).await?,
         };
+        // Retention may have deleted rows after the head before this read saw them
+        // (a source lagging behind a tight retention). Ids have gaps anyway, so ask only
+        // when the read did not start right after the head; `pruned_upto` read after
+        // the rows is at least what was deleted before them.
+        if events.first().is_none_or(|first| first.id > head + 1) {
+            let pruned = with_timeout(changes::pruned_upto(client)).await?;
+            if pruned > head {
+                tracing::warn!(head, pruned, "retention deleted changes this replica had not read; readers behind get a reset");
+                self.log.skip_to(pruned);
+                // Every reader behind the gap learns it now, not at the next change.
+                self.hub.wake_all();
+            }
+        }
         let count = events.len();
         if events.is_empty() {
             self.metrics.set_source_lag_micros(0);

@@ -122,7 +122,8 @@ pub fn check(
         last = last.max(id);
     }
     let mut may = HashSet::new();
-    for c in &history.changes {
+    // A snapshot client owes nothing at or below its first snapshot's head.
+    for c in history.changes.iter().filter(|c| c.id > seen.from) {
         let (must, allowed) = wanted(spec, c);
         if allowed {
             may.insert(c.id);
@@ -139,7 +140,8 @@ pub fn check(
             verdict.example(format!("client {index}: unexpected change {id}"));
         }
     }
-    if !seen.resets.is_empty() {
+    // A snapshot client refetched after its resets; any other keeps a stale view.
+    if !seen.resets.is_empty() && !spec.snapshot {
         verdict.views_unverified += 1;
         return;
     }
@@ -223,11 +225,13 @@ mod tests {
     const ALL: Spec = Spec {
         ws: true,
         filtered: false,
+        snapshot: false,
         seed: 0,
     };
     const PENDING: Spec = Spec {
         ws: true,
         filtered: true,
+        snapshot: false,
         seed: 0,
     };
 
@@ -318,6 +322,54 @@ mod tests {
         let mut v = Verdict::default();
         check(&mut v, 0, &ALL, &s, &h, &table());
         assert_eq!(v.resets_unjustified, 1, "{v:?}");
+    }
+
+    #[test]
+    fn a_snapshot_client_owes_only_changes_after_its_snapshot_and_is_verified_after_a_reset() {
+        const SNAP: Spec = Spec {
+            ws: false,
+            filtered: false,
+            snapshot: true,
+            seed: 0,
+        };
+        let mut s = seen(&[3, 4], &table());
+        s.from = 2;
+        let mut v = Verdict::default();
+        check(&mut v, 0, &SNAP, &s, &history(), &table());
+        assert!(v.ok(), "{v:?}");
+        // A change at or below the snapshot's head is not owed, and may not come.
+        let mut s = seen(&[2, 3, 4], &table());
+        s.from = 2;
+        let mut v = Verdict::default();
+        check(&mut v, 0, &SNAP, &s, &history(), &table());
+        assert_eq!(v.foreign, 1, "{v:?}");
+        // After a justified reset it refetched, so its view is compared, not excused.
+        let before = Instant::now();
+        let mut h = history();
+        h.prunes.push(Pruned {
+            at: before,
+            upto: 3,
+        });
+        let mut stale = table();
+        stale.remove(&4);
+        let mut s = seen(&[1], &stale);
+        s.resets.push(Reset {
+            since: 1,
+            head: 4,
+            at: before + Duration::from_millis(1),
+        });
+        let mut v = Verdict::default();
+        check(&mut v, 0, &SNAP, &s, &h, &table());
+        assert_eq!(
+            (
+                v.resets_justified,
+                v.lost,
+                v.views_wrong,
+                v.views_unverified
+            ),
+            (1, 0, 1, 0),
+            "{v:?}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! in arrival order, every `reset` and the position it had when it got it.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +30,9 @@ pub struct Spec {
     pub ws: bool,
     /// Filtered by [`FILTER`].
     pub filtered: bool,
+    /// Starts (and starts over after a `reset`) with `snapshot=true` and no position:
+    /// its view is the snapshot plus the stream after it.
+    pub snapshot: bool,
     /// The seed of its own choices (which replica, `since` or `Last-Event-ID`).
     pub seed: u64,
 }
@@ -59,6 +63,12 @@ pub struct Seen {
     pub connects: u64,
     /// Messages it could not read.
     pub garbled: u64,
+    /// The position its stream started from: the run's start, or its first snapshot's
+    /// head; the checker requires only changes after it.
+    pub from: u64,
+    /// A snapshot client that has no complete snapshot yet (at the start, mid-snapshot,
+    /// or after a `reset`): it connects without a position and with `snapshot=true`.
+    pub snapshotting: bool,
 }
 
 /// State shared between a client task and the run.
@@ -69,12 +79,15 @@ pub struct Shared {
     pub stall_until_ms: AtomicI64,
     /// Whether it is connected and past `ready`.
     pub live: AtomicBool,
+    /// Drop the connection when the stall ends, so it resumes from the position it
+    /// had before the stall (which pruning may have deleted meanwhile).
+    pub drop_after_stall: AtomicBool,
 }
 
 /// Everything clients share.
 pub struct Env {
     /// Where clients connect: every replica, and nginx when it runs.
-    pub ports: Vec<u16>,
+    pub ports: Vec<SocketAddr>,
     /// The run's start, for stall times.
     pub start: Instant,
     /// Clients not live at this moment.
@@ -84,16 +97,19 @@ pub struct Env {
 }
 
 impl Shared {
-    /// A client that starts at `pos` with `view`.
-    pub fn new(pos: u64, view: BTreeMap<i64, String>) -> Shared {
+    /// A client that starts at `pos` with `view`, or, with `snapshot`, from a snapshot.
+    pub fn new(pos: u64, view: BTreeMap<i64, String>, snapshot: bool) -> Shared {
         Shared {
             seen: Mutex::new(Seen {
                 pos,
-                view,
+                from: pos,
+                view: if snapshot { BTreeMap::new() } else { view },
+                snapshotting: snapshot,
                 ..Seen::default()
             }),
             stall_until_ms: AtomicI64::new(0),
             live: AtomicBool::new(false),
+            drop_after_stall: AtomicBool::new(false),
         }
     }
 }
@@ -117,13 +133,17 @@ async fn session(
     env: &Env,
     spec: Spec,
     me: &Shared,
-    port: u16,
+    port: SocketAddr,
     last_event_id: bool,
 ) -> Result<(), String> {
-    let pos = {
+    let (pos, snapshot) = {
         let mut seen = me.seen.lock().unwrap();
         seen.connects += 1;
-        seen.pos
+        if seen.snapshotting {
+            // A snapshot starts over: whatever a broken one delivered is dropped.
+            seen.view.clear();
+        }
+        (seen.pos, seen.snapshotting)
     };
     let mut query = String::from("tables=orders");
     if spec.filtered {
@@ -131,7 +151,9 @@ async fn session(
         query.push_str(FILTER);
     }
     let mut extra = String::new();
-    if last_event_id {
+    if snapshot {
+        query.push_str("&snapshot=true");
+    } else if last_event_id {
         extra = format!("Last-Event-ID: {pos}\r\n");
     } else {
         query.push_str(&format!("&since={pos}"));
@@ -140,7 +162,7 @@ async fn session(
     // A small receive buffer, so a stalled reader fills it and the server's send
     // timeout can fire.
     let _ = socket.set_recv_buffer_size(16 * 1024);
-    let connect = socket.connect(([127, 0, 0, 1], port).into());
+    let connect = socket.connect(port);
     let mut stream = tokio::time::timeout(Duration::from_secs(2), connect)
         .await
         .map_err(|_| "connect timeout")?
@@ -188,7 +210,11 @@ async fn session(
                 let next = proto::next_frame(&buf).map_err(|e| e.to_string())?;
                 let Some((frame, used)) = next else { break };
                 match frame {
-                    Frame::Text(text) => on_message(env, spec, me, text),
+                    Frame::Text(text) => {
+                        if on_message(env, spec, me, text) {
+                            return Err("snapshot again".into());
+                        }
+                    }
                     Frame::Ping(payload) => {
                         let mut pong = Vec::new();
                         proto::pong_frame(payload, &mut pong);
@@ -215,8 +241,8 @@ async fn session(
             }
             while let Some(at) = find(&body, b"\n\n") {
                 let block = proto::parse_block(&body[..at]);
-                if !block.data.is_empty() {
-                    on_message(env, spec, me, block.data);
+                if !block.data.is_empty() && on_message(env, spec, me, block.data) {
+                    return Err("snapshot again".into());
                 }
                 body.drain(..at + 2);
             }
@@ -237,6 +263,9 @@ async fn read_some(
     let now = env.start.elapsed().as_millis() as i64;
     if until > now {
         tokio::time::sleep(Duration::from_millis((until - now) as u64)).await;
+        if me.drop_after_stall.swap(false, Ordering::Relaxed) {
+            return Err("dropped after a stall".into());
+        }
     }
     if env.stop.load(Ordering::Relaxed) {
         return Err("stopped".into());
@@ -261,18 +290,19 @@ fn id_of(value: &Value, key: &str) -> Option<u64> {
     value.get(key)?.as_str()?.parse().ok()
 }
 
-/// Applies one message to the client's view and record.
-fn on_message(env: &Env, spec: Spec, me: &Shared, text: &[u8]) {
+/// Applies one message to the client's view and record; true when the client must
+/// reconnect for a new snapshot (a snapshot client got a `reset`).
+fn on_message(env: &Env, spec: Spec, me: &Shared, text: &[u8]) -> bool {
     let Ok(msg) = serde_json::from_slice::<Value>(text) else {
         me.seen.lock().unwrap().garbled += 1;
-        return;
+        return false;
     };
     let mut seen = me.seen.lock().unwrap();
     match msg.get("type").and_then(Value::as_str) {
         Some("change") => {
             let Some(id) = id_of(&msg, "id") else {
                 seen.garbled += 1;
-                return;
+                return false;
             };
             seen.ids.push(id);
             seen.pos = seen.pos.max(id);
@@ -303,6 +333,19 @@ fn on_message(env: &Env, spec: Spec, me: &Shared, text: &[u8]) {
                 seen.pos = seen.pos.max(id);
             }
         }
+        Some("snapshot") => {
+            let rows = msg.get("rows").and_then(Value::as_array);
+            for row in rows.into_iter().flatten() {
+                let id = row.get("id").and_then(Value::as_i64);
+                let status = row.get("status").and_then(Value::as_str);
+                match (id, status) {
+                    (Some(id), Some(status)) => {
+                        seen.view.insert(id, status.to_string());
+                    }
+                    _ => seen.garbled += 1,
+                }
+            }
+        }
         Some("reset") => {
             let head = id_of(&msg, "head").unwrap_or(0);
             let since = seen.pos;
@@ -312,8 +355,23 @@ fn on_message(env: &Env, spec: Spec, me: &Shared, text: &[u8]) {
                 at: Instant::now(),
             });
             seen.pos = head;
+            if spec.snapshot {
+                // Refetch: a new snapshot replaces the view; its head ends the window
+                // the reset excuses.
+                seen.snapshotting = true;
+                return true;
+            }
         }
         Some("ready") => {
+            if seen.snapshotting && msg.get("snapshot").is_some() {
+                let head = id_of(&msg, "head").unwrap_or(0);
+                seen.snapshotting = false;
+                seen.pos = head;
+                match seen.resets.last_mut() {
+                    Some(reset) => reset.head = reset.head.max(head),
+                    None => seen.from = head,
+                }
+            }
             drop(seen);
             if !me.live.swap(true, Ordering::Relaxed) {
                 env.not_live.fetch_sub(1, Ordering::Relaxed);
@@ -321,4 +379,5 @@ fn on_message(env: &Env, spec: Spec, me: &Shared, text: &[u8]) {
         }
         _ => {}
     }
+    false
 }

@@ -16,12 +16,14 @@ mod client;
 mod cluster;
 mod faults;
 mod history;
+mod memory;
 #[allow(dead_code)]
 #[path = "../proto.rs"]
 mod proto;
 mod writer;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -66,12 +68,41 @@ struct Args {
     /// Where to write the JSON report.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Loopback ports for the replicas (comma-separated).
+    /// The replicas' addresses (comma-separated): loopback, or for replica 0 its
+    /// address inside `--netns`.
     #[arg(long, value_delimiter = ',')]
-    ports: Vec<u16>,
+    addrs: Vec<SocketAddr>,
     /// nginx in front of the replicas: a share of clients and REST calls go through it.
     #[arg(long)]
     nginx_port: Option<u16>,
+    /// The network namespace replica 0 runs in (made by the script); enables the
+    /// partition and netem faults.
+    #[arg(long)]
+    netns: Option<String>,
+    /// The database as seen from inside `--netns`.
+    #[arg(long)]
+    netns_database_url: Option<String>,
+    /// `iptables` works in the namespace: partitions are DROP rules (else netem loss 100%).
+    #[arg(long)]
+    iptables: bool,
+    /// The kernel has `tc netem` (else loss is an iptables random DROP and delay a token
+    /// bucket's queueing delay).
+    #[arg(long)]
+    netem: bool,
+    /// The replicas' `--ring-capacity`: small, so resumes page from the database and
+    /// pruning under a stalled client ends in a real `reset`.
+    #[arg(long, default_value_t = 512)]
+    ring_capacity: u64,
+    /// The memory bound per replica: its RSS once ready, plus this many bytes per ring
+    /// event (`--ring-capacity` of them) and per client, plus `--rss-slack-mib`.
+    #[arg(long, default_value_t = 2048)]
+    rss_per_event: u64,
+    /// Bytes per client connection in the memory bound.
+    #[arg(long, default_value_t = 64 * 1024)]
+    rss_per_client: u64,
+    /// Slack in the memory bound, MiB (pool connections, snapshot pages, allocator).
+    #[arg(long, default_value_t = 64)]
+    rss_slack_mib: u64,
     /// The replicas' capture mode: `trigger` or `wal`.
     #[arg(long, default_value = "trigger")]
     capture: String,
@@ -84,7 +115,14 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let run_ms = args.seconds * 1000;
     if args.plan_only {
-        for p in faults::plan(args.seed, run_ms, args.fault_gap_ms, args.capture == "wal") {
+        let net = args.netns.is_some();
+        for p in faults::plan(
+            args.seed,
+            run_ms,
+            args.fault_gap_ms,
+            args.capture == "wal",
+            net,
+        ) {
             println!("{}", serde_json::to_string(&p).unwrap_or_default());
         }
         return ExitCode::SUCCESS;
@@ -127,9 +165,17 @@ async fn table(db: &tokio_postgres::Client) -> Result<BTreeMap<i64, String>, Str
 
 async fn run(args: Args) -> Result<bool, String> {
     let url = format!("{}&application_name=chaos", args.database_url);
-    if args.ports.len() != args.replicas {
-        return Err("--ports must list one port per replica".into());
+    if args.addrs.len() != args.replicas {
+        return Err("--addrs must list one address per replica".into());
     }
+    let netns = match (&args.netns, &args.netns_database_url) {
+        (Some(name), Some(url)) => Some(cluster::Netns {
+            name: name.clone(),
+            database_url: url.clone(),
+        }),
+        (None, _) => None,
+        (Some(_), None) => return Err("--netns needs --netns-database-url".into()),
+    };
     let setup = cluster::Setup {
         rowcast: args.rowcast.clone(),
         database_url: args.database_url.clone(),
@@ -137,6 +183,8 @@ async fn run(args: Args) -> Result<bool, String> {
         log_dir: args.log_dir.clone(),
         send_timeout: Duration::from_secs(3),
         capture: args.capture.clone(),
+        netns,
+        ring_capacity: args.ring_capacity,
     };
     let db = faults::connect(&url)
         .await
@@ -150,11 +198,13 @@ async fn run(args: Args) -> Result<bool, String> {
     let base = base as u64;
     let initial = table(&db).await?;
     let start = Instant::now();
+    let stop_sampling = Arc::new(AtomicBool::new(false));
     let plan = faults::plan(
         args.seed,
         args.seconds * 1000,
         args.fault_gap_ms,
         args.capture == "wal",
+        args.netns.is_some(),
     );
     log(
         start,
@@ -167,18 +217,31 @@ async fn run(args: Args) -> Result<bool, String> {
         ),
     );
     let mut replicas = Vec::new();
-    for (i, &port) in args.ports.iter().enumerate() {
+    for (i, &port) in args.addrs.iter().enumerate() {
         let r = cluster::Replica::start(&setup, i, port).map_err(|e| e.to_string())?;
         replicas.push(Arc::new(AsyncMutex::new(r)));
     }
-    for &port in &args.ports {
+    for &port in &args.addrs {
         wait_ready(port, Duration::from_secs(60)).await?;
     }
     log(start, "replicas ready");
+    // Memory: each replica's RSS once ready is its floor; the sampler keeps the peak.
+    let mut pid_cells = Vec::new();
+    for r in &replicas {
+        pid_cells.push(r.lock().await.pid_cell.clone());
+    }
+    let floors: Vec<u64> = pid_cells
+        .iter()
+        .map(|p| cluster::rss_bytes(p.load(Ordering::Relaxed)).unwrap_or(0))
+        .collect();
+    let sampler = tokio::spawn(memory::sample(pid_cells, stop_sampling.clone()));
 
     // Where clients and REST calls go: each replica directly, and nginx if it runs.
-    let mut entry = args.ports.clone();
-    entry.extend(args.nginx_port);
+    let mut entry = args.addrs.clone();
+    entry.extend(
+        args.nginx_port
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+    );
     let env = Arc::new(client::Env {
         ports: entry.clone(),
         start,
@@ -193,6 +256,7 @@ async fn run(args: Args) -> Result<bool, String> {
         let spec = client::Spec {
             ws: i % 2 == 0,
             filtered: (i / 2) % 2 == 0,
+            snapshot: (i / 4) % 3 == 0,
             seed: rng.u64(..),
         };
         let view = initial
@@ -200,7 +264,7 @@ async fn run(args: Args) -> Result<bool, String> {
             .filter(|(_, s)| !spec.filtered || *s == "pending")
             .map(|(k, v)| (*k, v.clone()))
             .collect();
-        let shared = Arc::new(client::Shared::new(base, view));
+        let shared = Arc::new(client::Shared::new(base, view, spec.snapshot));
         specs.push(spec);
         clients.push(shared.clone());
         tasks.push(tokio::spawn(client::run(env.clone(), spec, shared)));
@@ -252,6 +316,10 @@ async fn run(args: Args) -> Result<bool, String> {
         database_url: url.clone(),
         history: history.clone(),
         base,
+        netns: args.netns.clone(),
+        iptables: args.iptables,
+        netem: args.netem,
+        links: [AsyncMutex::new(()), AsyncMutex::new(())],
     });
     // Every fault at its planned time; each its own task, so they overlap.
     let mut fault_tasks = Vec::new();
@@ -299,7 +367,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let _ = copier.await;
     log(start, "writes stopped, faults lifted; settling");
     let mut readyz_ok = true;
-    for &port in &args.ports {
+    for &port in &args.addrs {
         if let Err(e) = wait_ready(port, Duration::from_secs(60)).await {
             log(start, &e);
             readyz_ok = false;
@@ -332,6 +400,19 @@ async fn run(args: Args) -> Result<bool, String> {
         let _ = t.await;
     }
     let all_live = live_log.await.map_err(|e| e.to_string())?;
+    stop_sampling.store(true, Ordering::Relaxed);
+    let peaks = sampler.await.map_err(|e| e.to_string())?;
+    let memory = memory::judge(
+        &floors,
+        &peaks,
+        memory::Bound {
+            ring_events: args.ring_capacity,
+            per_event: args.rss_per_event,
+            clients: args.clients as u64,
+            per_client: args.rss_per_client,
+            slack: args.rss_slack_mib << 20,
+        },
+    );
     for d in &mut done {
         if let Some(lifted) = d.lifted_ms {
             d.recovery_ms = all_live.iter().find(|&&t| t >= lifted).map(|&t| t - lifted);
@@ -370,7 +451,7 @@ async fn run(args: Args) -> Result<bool, String> {
             json!(applied),
         );
     }
-    let ok = verdict.ok() && readyz_ok;
+    let ok = verdict.ok() && readyz_ok && memory.within;
     let report = json!({
         "ok": ok,
         "seed": args.seed,
@@ -378,6 +459,7 @@ async fn run(args: Args) -> Result<bool, String> {
         "seconds": args.seconds,
         "clients": args.clients,
         "replicas": args.replicas,
+        "ring_capacity": args.ring_capacity,
         "nginx": args.nginx_port.is_some(),
         "faults_planned": plan.len(),
         "faults_applied": done.iter().filter(|d| d.lifted_ms.is_some()).count(),
@@ -394,6 +476,8 @@ async fn run(args: Args) -> Result<bool, String> {
         "recovery_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": recoveries.last(),
                           "unrecovered": unrecovered },
         "readyz_all_200": readyz_ok,
+        "netns": args.netns,
+        "memory": memory,
         "faults": done,
     });
     print_human(&report);
@@ -439,6 +523,7 @@ fn print_human(r: &serde_json::Value) {
     );
     println!("  recovery after a fault (ms): {}", r["recovery_ms"]);
     println!("  /readyz 200 on every replica: {}", r["readyz_all_200"]);
+    println!("  memory: {}", r["memory"]);
     if let Some(examples) = v["examples"].as_array() {
         for e in examples {
             println!("  ! {}", e.as_str().unwrap_or_default());
@@ -447,7 +532,7 @@ fn print_human(r: &serde_json::Value) {
 }
 
 /// Waits until `/readyz` answers 200 on `port`.
-async fn wait_ready(port: u16, within: Duration) -> Result<(), String> {
+async fn wait_ready(port: SocketAddr, within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
     while cluster::http_status(port, "/readyz").await != Some(200) {
         if Instant::now() > deadline {

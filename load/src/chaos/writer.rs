@@ -3,6 +3,7 @@
 //! `status=eq.pending`. Every failure (a restart, a terminated backend) is counted and
 //! the writer carries on with a new connection.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +107,7 @@ async fn transaction(
 }
 
 /// One REST writer until `stop`, each call to a random replica.
-pub async fn rest(ports: Vec<u16>, seed: u64, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+pub async fn rest(ports: Vec<SocketAddr>, seed: u64, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut top = 50u64;
     while !stop.load(Ordering::Relaxed) {
@@ -146,8 +147,8 @@ pub async fn rest(ports: Vec<u16>, seed: u64, stop: Arc<AtomicBool>, tally: Arc<
     }
 }
 
-async fn call(port: u16, method: &str, path: &str, body: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+async fn call(port: SocketAddr, method: &str, path: &str, body: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(port).await.ok()?;
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
