@@ -51,6 +51,10 @@ const RETRY: Duration = Duration::from_secs(1);
 pub const CHUNK: usize = 1000;
 /// Committed transactions applied together at most, when they arrive back to back.
 const MAX_BATCH_COMMITS: usize = 1000;
+/// Changes after which a batch is applied at the next commit even if more is at hand:
+/// under a flood of large transactions clients then get events in steady steps, not
+/// after one long batch.
+const MAX_BATCH_CHANGES: usize = CHUNK;
 /// Deadline of each database step (checks, lock, a chunk, a batch's commit).
 const DB_DEADLINE: Duration = Duration::from_secs(30);
 /// How often a streaming capturer re-runs the checks (a table dropped from the
@@ -183,6 +187,7 @@ impl Capturer {
             pending: Vec::new(),
             open: false,
             commits: 0,
+            changes: 0,
             batch_end: None,
             after: None,
             records: Some(Vec::new()),
@@ -310,6 +315,9 @@ struct Stream<'a> {
     open: bool,
     /// Transactions decoded into the open batch.
     commits: usize,
+    /// Changes decoded into the open batch (inserted or pending), for
+    /// [`MAX_BATCH_CHANGES`].
+    changes: usize,
     /// The commit and end LSNs of the batch's last transaction.
     batch_end: Option<(u64, u64)>,
     /// The newest id committed before the open batch, read under the commit-order
@@ -406,6 +414,7 @@ impl Stream<'_> {
                             };
                             if !current.skip {
                                 self.push(change, current.committed_at)?;
+                                self.changes += 1;
                                 if self.pending.len() >= CHUNK {
                                     self.flush_chunk().await?;
                                 }
@@ -426,7 +435,7 @@ impl Stream<'_> {
                     self.batch_end = Some((lsn.0, end_lsn.0));
                     // The top of the loop applies the batch once nothing more is at
                     // hand; a full one goes now.
-                    if self.commits >= MAX_BATCH_COMMITS {
+                    if self.commits >= MAX_BATCH_COMMITS || self.changes >= MAX_BATCH_CHANGES {
                         confirmed = self.finish_batch().await?;
                         self.status
                             .set_lag_bytes(server_end.saturating_sub(confirmed));
@@ -583,8 +592,13 @@ impl Stream<'_> {
         )
         .await??;
         self.open = false;
-        tracing::debug!(commits = self.commits, "capture batch applied");
+        tracing::debug!(
+            commits = self.commits,
+            changes = self.changes,
+            "capture batch applied"
+        );
         self.commits = 0;
+        self.changes = 0;
         self.applied = commit_lsn;
         self.status.set_lsn(commit_lsn);
         self.stream.update_applied_lsn(Lsn(end_lsn));
