@@ -352,9 +352,7 @@ async fn a_start_up_connection_terminated_by_the_server_is_retried_not_fatal() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         assert_eq!(child.try_wait().unwrap(), None, "rowcast exited");
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && http(addr, "GET", "/readyz", &[], None).await.status == 200
-        {
+        if readyz_ok(addr).await {
             break;
         }
         assert!(Instant::now() < deadline, "rowcast not ready in time");

@@ -103,9 +103,7 @@ impl Replica {
     async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok()
-                && http(self.addr, "GET", "/readyz", &[], None).await.status == 200
-            {
+            if readyz_ok(self.addr).await {
                 return;
             }
             assert!(

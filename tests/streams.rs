@@ -1692,9 +1692,7 @@ impl Process {
         let gateway = Process { child, addr, log };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok()
-                && http(addr, "GET", "/readyz", &[], None).await.status == 200
-            {
+            if readyz_ok(addr).await {
                 return gateway;
             }
             assert!(

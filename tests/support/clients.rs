@@ -382,6 +382,20 @@ impl HttpResponse {
     }
 }
 
+/// Whether `GET /readyz` answers 200. Any failure to connect or to get an answer is
+/// "not yet": a process that is starting may accept and then reset a connection.
+pub async fn readyz_ok(addr: SocketAddr) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        Some(response.starts_with(b"HTTP/1.1 200 "))
+    };
+    matches!(tokio::time::timeout(WAIT, probe).await, Ok(Some(true)))
+}
+
 /// One HTTP/1.1 request over a fresh connection (`Connection: close`). A JSON body
 /// gets `Content-Type: application/json` unless `headers` names one.
 pub async fn http(

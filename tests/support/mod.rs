@@ -24,7 +24,9 @@ use rowcast::pg::{migrate, DbTarget};
 use tokio::task::JoinHandle;
 
 #[allow(unused_imports)]
-pub use clients::{http, raw_exchange, HttpResponse, SseClient, SseEvent, WsClient, WsEnd};
+pub use clients::{
+    http, raw_exchange, readyz_ok, HttpResponse, SseClient, SseEvent, WsClient, WsEnd,
+};
 #[allow(unused_imports)]
 pub use either::{checked_sse, enc, within, Client, Transport, BOTH};
 #[allow(unused_imports)]

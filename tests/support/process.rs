@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{binary, free_port, http, WAIT};
+use super::{binary, free_port, readyz_ok, WAIT};
 
 /// The database name in a URL (`…/name?query`): the relay matrix's stream name.
 pub fn db_name(url: &str) -> &str {
@@ -55,9 +55,7 @@ impl GatewayProcess {
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + WAIT;
         loop {
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok()
-                && http(self.addr, "GET", "/readyz", &[], None).await.status == 200
-            {
+            if readyz_ok(self.addr).await {
                 return;
             }
             assert!(Instant::now() < deadline, "gateway not ready in time");
