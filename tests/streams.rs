@@ -102,21 +102,6 @@ async fn create_docs(db: &TestDb) {
         .unwrap();
 }
 
-/// A sample from `/metrics`: the value of the line that starts with `series `.
-async fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let response = http(addr, "GET", "/metrics", &[], None).await;
-    assert_eq!(response.status, 200);
-    let prefix = format!("{series} ");
-    response
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Parses `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` into microseconds since the Unix epoch;
 /// `None` for anything else (an offset, a missing `Z`, a space for `T`).
 fn rfc3339_utc_micros(text: &str) -> Option<i64> {
@@ -1315,10 +1300,13 @@ async fn a_message_over_64_kib_closes_the_websocket_with_1009() {
         .send(Message::Text(padded(64 * 1024 + 1).into()))
         .await;
     assert!(matches!(ws.end().await, WsEnd::Closed(1009, _)));
-    let metrics = http(server.addr, "GET", "/metrics", &[], None).await.body;
-    assert!(
-        metrics.contains("rowcast_limit_rejections_total{limit=\"ws_message_size\"} 1"),
-        "{metrics}"
+    assert_eq!(
+        metric(
+            server.addr,
+            "rowcast_limit_rejections_total{limit=\"ws_message_size\"}"
+        )
+        .await,
+        1.0
     );
 }
 

@@ -8,8 +8,6 @@
 mod support;
 use support::*;
 
-use std::net::SocketAddr;
-
 use rowcast::config::Config;
 use serde_json::Value;
 
@@ -614,20 +612,6 @@ async fn an_sse_view_converges_to_the_query_under_concurrent_writers_and_reconne
         "status = 'pending' AND customer_name IN ('C0', 'C1')",
     )
     .await;
-}
-
-/// The value of a `/metrics` series.
-async fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let response = http(addr, "GET", "/metrics", &[], None).await;
-    let prefix = format!("{series} ");
-    response
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -287,10 +287,13 @@ async fn a_compressed_ping_gets_a_pong_and_a_compression_bomb_gets_1009() {
     assert!(bomb.len() < 64 * 1024);
     client.send(0x80 | 0x40 | 0x1, &bomb).await;
     assert_eq!(client.until_close().await, 1009);
-    let metrics = http(server.addr, "GET", "/metrics", &[], None).await.body;
-    assert!(
-        metrics.contains("rowcast_limit_rejections_total{limit=\"ws_message_size\"} 1"),
-        "{metrics}"
+    assert_eq!(
+        metric(
+            server.addr,
+            "rowcast_limit_rejections_total{limit=\"ws_message_size\"}"
+        )
+        .await,
+        1.0
     );
 }
 

@@ -382,6 +382,21 @@ impl HttpResponse {
     }
 }
 
+/// A sample from `/metrics`: the value of the line that starts with `series `.
+pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let response = http(addr, "GET", "/metrics", &[], None).await;
+    assert_eq!(response.status, 200);
+    let prefix = format!("{series} ");
+    response
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Whether `GET /readyz` answers 200. Any failure to connect or to get an answer is
 /// "not yet": a process that is starting may accept and then reset a connection.
 pub async fn readyz_ok(addr: SocketAddr) -> bool {

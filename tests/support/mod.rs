@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 #[allow(unused_imports)]
 pub use clients::{
-    http, raw_exchange, readyz_ok, HttpResponse, SseClient, SseEvent, WsClient, WsEnd,
+    http, metric, raw_exchange, readyz_ok, HttpResponse, SseClient, SseEvent, WsClient, WsEnd,
 };
 #[allow(unused_imports)]
 pub use either::{checked_sse, enc, within, Client, Transport, BOTH};
