@@ -3,6 +3,7 @@
 
 use base64::Engine;
 use sha1::{Digest, Sha1};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::fanout::Kind;
@@ -13,7 +14,7 @@ const MAX_HEAD: usize = 8 * 1024;
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// Reads the request head and writes the response head; what the stream is.
-pub async fn answer(stream: &TcpStream) -> std::io::Result<Kind> {
+pub async fn answer(stream: &mut TcpStream) -> std::io::Result<Kind> {
     let head = read_head(stream).await?;
     let text = String::from_utf8_lossy(&head);
     let path = text.split(' ').nth(1).unwrap_or_default();
@@ -33,46 +34,28 @@ pub async fn answer(stream: &TcpStream) -> std::io::Result<Kind> {
                         Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n";
         (Kind::Sse, response.to_owned())
     } else {
-        write_all(
-            stream,
-            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
-        )
-        .await?;
+        stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            .await?;
         return Err(invalid("not a stream route"));
     };
-    write_all(stream, response.as_bytes()).await?;
+    stream.write_all(response.as_bytes()).await?;
     Ok(kind)
 }
 
-async fn read_head(stream: &TcpStream) -> std::io::Result<Vec<u8>> {
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         if head.len() > MAX_HEAD {
             return Err(invalid("request head too long"));
         }
-        stream.readable().await?;
-        match stream.try_read(&mut buf) {
-            Ok(0) => return Err(invalid("closed during the request")),
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(err) => return Err(err),
+        match stream.read(&mut buf).await? {
+            0 => return Err(invalid("closed during the request")),
+            n => head.extend_from_slice(&buf[..n]),
         }
     }
     Ok(head)
-}
-
-/// Writes all of `bytes` (only response heads: small).
-pub async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
 }
 
 /// The value of header `name` (lower case) in a request head.

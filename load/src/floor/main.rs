@@ -75,13 +75,13 @@ async fn serve(options: Options) -> Result<(), String> {
 /// Accepts connections; each is handshaken on its own task, then joins the fan-out.
 async fn accept(listener: tokio::net::TcpListener, clients: Rc<fanout::Clients>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let clients = Rc::clone(&clients);
         tokio::task::spawn_local(async move {
-            if let Ok(kind) = handshake::answer(&stream).await {
+            if let Ok(kind) = handshake::answer(&mut stream).await {
                 clients.join(stream, kind);
             }
         });
