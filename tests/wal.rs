@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rowcast::pg::capture::{switch, CaptureMode};
 use support::wal::{applied, wal_mode, Replica};
 use support::*;
 
@@ -678,6 +679,69 @@ async fn a_table_tracked_while_the_database_switches_to_wal_is_published() {
         "captured once: {rows:?}"
     );
     capturer.stop().await;
+}
+
+/// Waits until `query` (one boolean) is true, for at most 60 s.
+async fn until_true(client: &tokio_postgres::Client, what: &str, query: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !client.query_one(query, &[]).await.unwrap().get::<_, bool>(0) {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_starting_while_another_creates_the_slot_waits_for_its_consistent_point() {
+    let db = TestDb::new();
+    // A transaction with an id keeps the first replica's slot from reaching its
+    // consistent point: it stays listed but decodes nothing committed before then.
+    let mut blocker = db.client().await;
+    let running = blocker.transaction().await.unwrap();
+    running
+        .batch_execute("SELECT pg_current_xact_id()")
+        .await
+        .unwrap();
+    let first = Replica::start(&db);
+    let watcher = db.client().await;
+    until_true(
+        &watcher,
+        "the slot is being created",
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{}')",
+            db.name
+        ),
+    )
+    .await;
+    // The second replica finds the slot listed. Switching now would drop the triggers
+    // before the slot decodes anything: the insert below would be captured by neither.
+    let second = Replica::start(&db);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let client = db.client().await;
+    assert_eq!(
+        switch::mode(&client).await.unwrap(),
+        CaptureMode::Trigger,
+        "nobody switched before the slot's consistent point"
+    );
+    let id = insert_order(&client, "between", "slot and switch").await;
+    running.commit().await.unwrap();
+    wal_mode(&db).await;
+    insert_order(&client, "after", "the switch").await;
+    applied(&db).await;
+    let rows = changes_after(&db, 0).await;
+    let customers: Vec<String> = rows
+        .iter()
+        .filter_map(|(_, _, row, _)| row.as_deref())
+        .map(|row| serde_json::from_str::<serde_json::Value>(row).unwrap())
+        .map(|row| row["customer_name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        customers,
+        ["between", "after"],
+        "each insert captured once (order {id})"
+    );
+    assert!(first.status.refusal().is_none() && second.status.refusal().is_none());
+    first.stop().await;
+    second.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -318,8 +318,37 @@ async fn drop_slot(client: &Client, slot: &str) -> Result<(), CaptureError> {
     Err(CaptureError::Timeout("dropping the slot"))
 }
 
+/// Session advisory lock held while a slot is looked for and created (0x726f7764 =
+/// 'rowd'). A slot is listed as soon as its creation starts, but it decodes only the
+/// transactions that commit after its consistent point, which it reaches once every
+/// transaction running at its start has ended. Without the lock a second replica would
+/// see the slot, switch the database at once and drop the triggers, and the commits
+/// between the switch and the consistent point would be captured by neither.
+const SLOT_CREATION_LOCK: i64 = 1_920_890_724;
+
 /// Creates the logical slot unless it exists; returns its consistent point if created.
+/// Returns only once the slot, whoever created it, has reached its consistent point.
 async fn create_slot(client: &Client, slot: &str) -> Result<Option<u64>, CaptureError> {
+    client
+        .execute_typed(
+            "SELECT pg_advisory_lock($1)",
+            &[(&SLOT_CREATION_LOCK, Type::INT8)],
+        )
+        .await?;
+    let created = create_slot_locked(client, slot).await;
+    let unlocked = client
+        .execute_typed(
+            "SELECT pg_advisory_unlock($1)",
+            &[(&SLOT_CREATION_LOCK, Type::INT8)],
+        )
+        .await;
+    let created = created?;
+    unlocked?;
+    Ok(created)
+}
+
+/// [`create_slot`] under its lock.
+async fn create_slot_locked(client: &Client, slot: &str) -> Result<Option<u64>, CaptureError> {
     let exists = client
         .query_typed_opt(
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
