@@ -51,7 +51,13 @@ const SCHEMA: &str = "
         span interval, mood shop.mood, raw bytea, big bigint, note text);
     CREATE TABLE notes (id integer PRIMARY KEY, body text);
     SELECT realtime.track('shop.items');
-    SELECT realtime.track('notes');";
+    SELECT realtime.track('notes');
+    -- Wider than one jsonb_build_object call takes, with a quote in a column name.
+    DO $$ BEGIN
+        EXECUTE 'CREATE TABLE wide (id integer PRIMARY KEY, \"it''s\" text, '
+            || (SELECT string_agg(format('c%s int', g), ', ') FROM generate_series(1, 60) g) || ')';
+    END $$;
+    SELECT realtime.track('wide');";
 
 /// Every kind of change, several tables, a schema outside public, TOAST.
 const WORKLOAD: &[&str] = &[
@@ -69,6 +75,8 @@ const WORKLOAD: &[&str] = &[
     "TRUNCATE notes",
     "INSERT INTO notes VALUES (3, 'after truncate')",
     "DELETE FROM shop.items WHERE id = 2",
+    "INSERT INTO wide (id, \"it's\", c1, c50, c51, c60) VALUES (1, 'quoted', 1, 50, 51, 60)",
+    "UPDATE wide SET c30 = 30, c55 = 55 WHERE id = 1",
 ];
 
 /// Runs `workload` after `schema` on a trigger-mode database and on a WAL-mode one;
@@ -684,7 +692,12 @@ async fn a_table_tracked_while_the_database_switches_to_wal_is_published() {
 /// Waits until `query` (one boolean) is true, for at most 60 s.
 async fn until_true(client: &tokio_postgres::Client, what: &str, query: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !client.query_one(query, &[]).await.unwrap().get::<_, bool>(0) {
+    while !client
+        .query_one(query, &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
         assert!(tokio::time::Instant::now() < deadline, "never: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

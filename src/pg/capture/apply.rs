@@ -19,6 +19,8 @@ use super::CaptureError;
 use crate::event::ChangeRecord;
 use crate::pg::changes::record_of;
 
+/// Key–value pairs per `jsonb_build_object` call (its limit is 100 arguments).
+const OBJECT_PAIRS: usize = 50;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for commit times.
 const PG_EPOCH_SECS: u64 = 946_684_800;
 
@@ -55,40 +57,60 @@ impl Shape {
             .map(|row| row.get(0))
             .collect();
         let width = desc.columns.len();
-        let image = |param: &str| {
-            desc.columns
+        // Each column's values come in an array of their own, so that unnest walks
+        // every array once (a subscript into one flat text[] walks it from the start:
+        // quadratic in the chunk), and the object is built by jsonb_build_object,
+        // which renders each value as to_jsonb(row) does, without a subplan per row.
+        // It takes 100 arguments at most: wider rows are built from several objects.
+        let image = |prefix: &str| {
+            let pairs: Vec<String> = desc
+                .columns
                 .iter()
                 .zip(&types)
                 .enumerate()
                 .map(|(k, ((name, _, _), ty))| {
-                    format!(
-                        "{param}[(c.i - 1) * {width} + {}]::{ty} AS \"{}\"",
-                        k + 1,
-                        name.replace('"', "\"\"")
-                    )
+                    format!("'{}', c.{prefix}{k}::{ty}", name.replace('\'', "''"))
                 })
+                .collect();
+            if pairs.is_empty() {
+                return "'{}'::jsonb".to_owned();
+            }
+            pairs
+                .chunks(OBJECT_PAIRS)
+                .map(|chunk| format!("jsonb_build_object({})", chunk.join(", ")))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(" || ")
         };
+        let arrays = |first: usize| (first..first + width).map(|n| format!("${n}::text[]"));
+        let names = |prefix: &'static str| (0..width).map(move |k| format!("{prefix}{k}"));
+        let sources: Vec<String> = ["$2::text[]".to_owned(), "$3::timestamptz[]".to_owned()]
+            .into_iter()
+            .chain(arrays(4))
+            .chain(arrays(4 + width))
+            .collect();
+        let columns: Vec<String> = ["op".to_owned(), "at".to_owned()]
+            .into_iter()
+            .chain(names("n"))
+            .chain(names("o"))
+            .collect();
         // WITH ORDINALITY scans the arrays in order and nothing sorts afterwards, so
         // nextval hands out ids in the order of the changes: commit order.
         let sql = format!(
             "INSERT INTO realtime.change_log (id, \"table\", op, row, old, committed_at)
              SELECT nextval('realtime.change_log_id_seq'), $1, c.op,
-                    CASE WHEN c.op <> 'TRUNCATE' THEN (SELECT to_jsonb(r) FROM (SELECT {new}) r) END,
-                    CASE WHEN c.op = 'UPDATE' THEN (SELECT to_jsonb(r) FROM (SELECT {old}) r) END,
+                    CASE WHEN c.op <> 'TRUNCATE' THEN {new} END,
+                    CASE WHEN c.op = 'UPDATE' THEN {old} END,
                     c.at
-             FROM unnest($2::text[], $3::timestamptz[]) WITH ORDINALITY AS c(op, at, i)",
-            new = image("$4"),
-            old = image("$5"),
+             FROM unnest({sources}) WITH ORDINALITY AS c({columns}, i)",
+            new = image("n"),
+            old = image("o"),
+            sources = sources.join(", "),
+            columns = columns.join(", "),
         );
-        let types = [
-            Type::TEXT,
-            Type::TEXT_ARRAY,
-            Type::TIMESTAMPTZ_ARRAY,
-            Type::TEXT_ARRAY,
-            Type::TEXT_ARRAY,
-        ];
+        let types: Vec<Type> = [Type::TEXT, Type::TEXT_ARRAY, Type::TIMESTAMPTZ_ARRAY]
+            .into_iter()
+            .chain(std::iter::repeat_n(Type::TEXT_ARRAY, 2 * width))
+            .collect();
         let statement = client.prepare_typed(&sql, &types).await?;
         let returning = client
             .prepare_typed(&format!("{sql} RETURNING {RETURNING}"), &types)
@@ -163,14 +185,26 @@ pub async fn insert(
         let run = &changes[start..end];
         let ops: Vec<&str> = run.iter().map(|c| c.op).collect();
         let times: Vec<SystemTime> = run.iter().map(|c| c.committed_at).collect();
-        let mut rows: Vec<Option<&str>> = Vec::with_capacity(run.len() * shape.width);
-        let mut olds: Vec<Option<&str>> = Vec::with_capacity(run.len() * shape.width);
+        // One array per column: the new images' columns, then the old images'.
+        let mut columns: Vec<Vec<Option<&str>>> =
+            vec![Vec::with_capacity(run.len()); 2 * shape.width];
         for change in run {
-            push_image(&mut rows, Some(&change.row), shape.width)?;
-            push_image(&mut olds, change.old.as_deref(), shape.width)?;
+            let (new, old) = columns.split_at_mut(shape.width);
+            push_image(new, Some(&change.row))?;
+            push_image(old, change.old.as_deref())?;
         }
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&shape.table, &ops, &times, &rows, &olds];
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            Vec::with_capacity(3 + columns.len());
+        params.extend([
+            &shape.table as &(dyn tokio_postgres::types::ToSql + Sync),
+            &ops,
+            &times,
+        ]);
+        params.extend(
+            columns
+                .iter()
+                .map(|column| column as &(dyn tokio_postgres::types::ToSql + Sync)),
+        );
         if returning {
             for row in client.query(&shape.returning, &params).await? {
                 written.push(record_of(&row)?);
@@ -183,20 +217,20 @@ pub async fn insert(
     Ok(written)
 }
 
-/// Appends one row image, `width` values (NULLs when there is none).
+/// Appends one row image's values to the columns' arrays (NULLs when there is none).
 fn push_image<'a>(
-    out: &mut Vec<Option<&'a str>>,
+    columns: &mut [Vec<Option<&'a str>>],
     image: Option<&'a [Value]>,
-    width: usize,
 ) -> Result<(), CaptureError> {
     let image = image.unwrap_or(&[]);
-    if !image.is_empty() && image.len() != width {
+    if !image.is_empty() && image.len() != columns.len() {
         return Err(CaptureError::Decode(format!(
-            "a row of {} values for a relation of {width} columns",
-            image.len()
+            "a row of {} values for a relation of {} columns",
+            image.len(),
+            columns.len()
         )));
     }
-    for k in 0..width {
+    for (k, column) in columns.iter_mut().enumerate() {
         let text = match image.get(k) {
             Some(Some(bytes)) => Some(
                 std::str::from_utf8(bytes)
@@ -204,7 +238,7 @@ fn push_image<'a>(
             ),
             _ => None,
         };
-        out.push(text);
+        column.push(text);
     }
     Ok(())
 }

@@ -29,7 +29,7 @@ use pgwire_replication::{
 };
 use tokio_postgres::config::Host;
 use tokio_postgres::types::{PgLsn, Type};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{self, Change, Shape};
@@ -55,6 +55,11 @@ const MAX_BATCH_COMMITS: usize = 1000;
 /// under a flood of large transactions clients then get events in steady steps, not
 /// after one long batch.
 const MAX_BATCH_CHANGES: usize = CHUNK;
+/// The least time between the starts of two batches: when commits arrive faster than
+/// that, they wait in the open batch (at most this long) instead of each paying a
+/// batch's fixed cost (its statements, its commit's WAL flush) on the database the
+/// writers use. Commits further apart are applied at once.
+const APPLY_INTERVAL: Duration = Duration::from_millis(2);
 /// Deadline of each database step (checks, lock, a chunk, a batch's commit).
 const DB_DEADLINE: Duration = Duration::from_secs(30);
 /// How often a streaming capturer re-runs the checks (a table dropped from the
@@ -173,11 +178,38 @@ impl Capturer {
         }
         let applied = applied_lsn(client).await?;
         self.status.set_lsn(applied);
+        // Every statement the capturer runs is the same shape each time: plan once.
+        deadline(
+            "preparing the capturer's statements",
+            client.batch_execute("SET plan_cache_mode = force_generic_plan"),
+        )
+        .await??;
+        let statements = deadline("preparing the capturer's statements", async {
+            Ok::<_, tokio_postgres::Error>(BatchStatements {
+                lock: client
+                    .prepare(&format!(
+                        "SELECT pg_advisory_xact_lock({COMMIT_ORDER_LOCK})"
+                    ))
+                    .await?,
+                head: client.prepare(changes::HEAD).await?,
+                record_applied: client
+                    .prepare_typed(
+                        "UPDATE realtime.capture_state SET applied_lsn = $1",
+                        &[Type::PG_LSN],
+                    )
+                    .await?,
+                ring: client
+                    .prepare_typed("SELECT pg_notify('rowcast', $1)", &[Type::TEXT])
+                    .await?,
+            })
+        })
+        .await??;
         let stream = ReplicationClient::connect(self.replication_config()?)
             .await
             .map_err(|err| refusal_of(err, &self.slot))?;
         Stream {
             client,
+            statements,
             slot: &self.slot,
             stream,
             status: &self.status,
@@ -192,6 +224,7 @@ impl Capturer {
             after: None,
             records: Some(Vec::new()),
             payload_bytes: 0,
+            next_apply: tokio::time::Instant::now(),
         }
         .run()
         .await
@@ -292,11 +325,25 @@ impl Capturer {
     }
 }
 
+/// The statements of a batch, prepared once per session.
+struct BatchStatements {
+    /// Takes the commit-order lock.
+    lock: Statement,
+    /// Reads the newest id ([`changes::HEAD`]), after the lock, in its own snapshot.
+    head: Statement,
+    /// Records the batch's last commit LSN as `applied_lsn`.
+    record_applied: Statement,
+    /// The doorbell.
+    ring: Statement,
+}
+
 /// The streaming state of a capturer holding the lock.
 struct Stream<'a> {
     /// The lock-holding connection, which also applies batches: if it dies, the lock
     /// and the open batch go together.
     client: &'a Client,
+    /// What each batch runs.
+    statements: BatchStatements,
     /// The slot, for the periodic checks.
     slot: &'a str,
     /// The replication stream.
@@ -329,6 +376,8 @@ struct Stream<'a> {
     /// The text bytes of the open batch's row images so far: past
     /// [`batch::NOTIFY_LIMIT`] the payload cannot fit, and rows are no longer returned.
     payload_bytes: usize,
+    /// When the next batch may be applied at the earliest ([`APPLY_INTERVAL`]).
+    next_apply: tokio::time::Instant,
 }
 
 /// The transaction being received.
@@ -342,7 +391,6 @@ struct Txn {
 impl Stream<'_> {
     async fn run(mut self) -> Result<(), CaptureError> {
         let mut txn: Option<Txn> = None;
-        let mut held: Option<ReplicationEvent> = None;
         let mut confirmed = self.applied;
         // The server's WAL end as last reported, for the lag gauge.
         let mut server_end = self.applied;
@@ -354,16 +402,31 @@ impl Stream<'_> {
             // stream is already at hand (keepalives included: the server sends one
             // each time decoding reaches the flushed WAL, between most transactions
             // under load); the batch is applied as soon as the stream has nothing
-            // ready.
+            // ready, or, when the last batch started less than APPLY_INTERVAL ago,
+            // once that interval is over (unless more arrives meanwhile).
             let batch_waiting = self.batch_end.is_some() && txn.is_none();
-            let event = match held.take() {
-                Some(event) => event,
-                None if batch_waiting => match self.stream.recv().now_or_never() {
+            let event = match () {
+                () if batch_waiting => match self.stream.recv().now_or_never() {
                     Some(next) => match next? {
                         Some(event) => event,
                         None => {
                             self.finish_batch().await?;
                             return Ok(());
+                        }
+                    },
+                    None if tokio::time::Instant::now() < self.next_apply => tokio::select! {
+                        next = self.stream.recv() => match next? {
+                            Some(event) => event,
+                            None => {
+                                self.finish_batch().await?;
+                                return Ok(());
+                            }
+                        },
+                        _ = tokio::time::sleep_until(self.next_apply) => {
+                            confirmed = self.finish_batch().await?;
+                            self.status
+                                .set_lag_bytes(server_end.saturating_sub(confirmed));
+                            continue;
                         }
                     },
                     None => {
@@ -373,7 +436,7 @@ impl Stream<'_> {
                         continue;
                     }
                 },
-                None => tokio::select! {
+                () => tokio::select! {
                     next = self.stream.recv() => match next? {
                         Some(event) => event,
                         None => return Ok(()),
@@ -416,7 +479,7 @@ impl Stream<'_> {
                                 self.push(change, current.committed_at)?;
                                 self.changes += 1;
                                 if self.pending.len() >= CHUNK {
-                                    self.flush_chunk().await?;
+                                    self.flush_chunk(None).await?;
                                 }
                             }
                         }
@@ -512,24 +575,13 @@ impl Stream<'_> {
         Ok(())
     }
 
-    /// Inserts the pending changes into the open batch (opening it if needed).
-    async fn flush_chunk(&mut self) -> Result<(), CaptureError> {
-        if !self.open {
-            // Under the commit-order lock every id drawn before is committed or rolled
-            // back, so the head read here is exactly the event before this batch.
-            let opened = deadline(
-                "opening a batch",
-                self.client.simple_query(&format!(
-                    "BEGIN; SELECT pg_advisory_xact_lock({COMMIT_ORDER_LOCK}); {}",
-                    changes::HEAD
-                )),
-            )
-            .await??;
-            self.open = true;
-            self.after = opened.iter().rev().find_map(|message| match message {
-                SimpleQueryMessage::Row(row) => row.get(0).and_then(|h| h.parse().ok()),
-                _ => None,
-            });
+    /// Inserts the pending changes into the open batch, opening it first if needed
+    /// and, when `closing` names the batch's last commit LSN, recording it after them
+    /// — all sent together, so the backend and the capturer meet once per flight
+    /// instead of once per statement.
+    async fn flush_chunk(&mut self, closing: Option<PgLsn>) -> Result<(), CaptureError> {
+        let opening = !self.open;
+        if opening {
             self.records = Some(Vec::new());
             self.payload_bytes = 0;
         }
@@ -542,11 +594,48 @@ impl Stream<'_> {
                 self.records = None;
             }
         }
-        let written = deadline(
+        let client = self.client;
+        let returning = self.records.is_some();
+        // Under the commit-order lock every id drawn before is committed or rolled
+        // back, so the head read here (in a snapshot taken after the lock) is exactly
+        // the event before this batch.
+        let statements = &self.statements;
+        let open = async move {
+            if !opening {
+                return Ok(None);
+            }
+            let (_, _, head) = futures_util::future::try_join3(
+                client.batch_execute("BEGIN"),
+                client.execute(&statements.lock, &[]),
+                client.query_one(&statements.head, &[]),
+            )
+            .await?;
+            Ok::<_, CaptureError>(Some(head.get::<_, i64>(0)))
+        };
+        let pending = &self.pending;
+        let insert = async move {
+            if pending.is_empty() {
+                return Ok(Vec::new());
+            }
+            apply::insert(client, pending, returning).await
+        };
+        let record = async move {
+            if let Some(lsn) = closing {
+                client.execute(&statements.record_applied, &[&lsn]).await?;
+            }
+            Ok::<_, CaptureError>(())
+        };
+        // try_join3 polls them in this order, so they are sent in this order, in one
+        // flight.
+        let (head, written, ()) = deadline(
             "inserting changes",
-            apply::insert(self.client, &self.pending, self.records.is_some()),
+            futures_util::future::try_join3(open, insert, record),
         )
         .await??;
+        if let Some(head) = head {
+            self.open = true;
+            self.after = u64::try_from(head).ok();
+        }
         if let Some(kept) = &mut self.records {
             kept.extend(written);
         }
@@ -569,24 +658,15 @@ impl Stream<'_> {
         let Some((commit_lsn, end_lsn)) = self.batch_end.take() else {
             return Ok(self.applied);
         };
-        self.flush_chunk().await?;
-        let lsn = PgLsn::from(commit_lsn);
-        deadline(
-            "recording the applied LSN",
-            self.client.execute_typed(
-                "UPDATE realtime.capture_state SET applied_lsn = $1",
-                &[(&lsn, Type::PG_LSN)],
-            ),
-        )
-        .await??;
+        self.next_apply = tokio::time::Instant::now() + APPLY_INTERVAL;
+        self.flush_chunk(Some(PgLsn::from(commit_lsn))).await?;
         // The doorbell carries the events when they fit (an empty payload says: read
         // change_log). Sent together with the COMMIT: one round trip.
         let payload = self.payload();
         deadline(
             "committing a batch",
             futures_util::future::try_join(
-                self.client
-                    .execute_typed("SELECT pg_notify('rowcast', $1)", &[(&payload, Type::TEXT)]),
+                self.client.execute(&self.statements.ring, &[&payload]),
                 self.client.batch_execute("COMMIT"),
             ),
         )
