@@ -1,6 +1,7 @@
 //! The NATS JetStream relay (`--relay`) on a real `nats-server -js` of the test's own:
 //! one replica publishes, the others consume, and NATS going away and coming back under
-//! writers loses, duplicates and reorders nothing.
+//! writers loses, duplicates and reorders nothing, nor does the publisher's replica
+//! stopping.
 
 mod support;
 
@@ -201,4 +202,71 @@ async fn a_replica_started_while_nats_is_down_reads_change_log_then_consumes() {
         metrics.catchup_queries.get() - reads <= 3,
         "the consumer kept reading change_log"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_publisher_stopping_under_writers_hands_over_and_loses_duplicates_and_reorders_nothing()
+{
+    let nats = NatsServer::start();
+    let db = TestDb::new();
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(TestServer::start(relayed(&db, &nats)).await);
+    }
+    eventually("one publisher, two consumers", || {
+        one_publisher_the_rest_consume(&servers)
+    })
+    .await;
+    let publisher = servers
+        .iter()
+        .position(|s| s.gateway.metrics.relay_publisher.get() == 1)
+        .unwrap();
+    let publisher = servers.remove(publisher);
+    let mut clients = Vec::new();
+    for server in &servers {
+        let mut sse = SseClient::connect(server.addr, "", &[]).await;
+        sse.until_ready().await;
+        clients.push(sse);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(writer(db.clone(), Arc::clone(&stop))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    publisher.shutdown().await;
+    eventually("another replica to publish, the last to consume", || {
+        one_publisher_the_rest_consume(&servers)
+    })
+    .await;
+    let relayed_after_takeover: u64 = servers
+        .iter()
+        .map(|s| s.gateway.metrics.received(Path::Relay).get())
+        .sum();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut written = 0;
+    for writer in writers {
+        written += writer.await.unwrap();
+    }
+    let relayed_after: u64 = servers
+        .iter()
+        .map(|s| s.gateway.metrics.received(Path::Relay).get())
+        .sum();
+    assert!(
+        relayed_after > relayed_after_takeover,
+        "the relay carried nothing after the takeover"
+    );
+
+    let ids = all_ids(&db).await;
+    assert_eq!(ids.len(), written);
+    for (k, sse) in clients.iter_mut().enumerate() {
+        let got: Vec<u64> = sse
+            .changes(ids.len())
+            .await
+            .iter()
+            .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(got, ids, "client of remaining replica {k}");
+    }
 }
