@@ -191,6 +191,12 @@ pub struct Metrics {
     pub delivered_ws: Counter,
     /// Change events written to SSE clients.
     pub delivered_sse: Counter,
+    /// Change messages sent compressed (permessage-deflate): shows how many clients
+    /// negotiated it and how many events reach `--ws-compress-min`.
+    pub ws_deflated: Counter,
+    /// Payload bytes that compression kept off the wire, summed over those messages:
+    /// what `--ws-compress-min` buys.
+    pub ws_deflate_saved_bytes: Counter,
     /// Times the source reconnected after losing the database.
     pub db_reconnects: Counter,
     /// Reads of `change_log` by the source: every replica's reads cost the database,
@@ -242,6 +248,8 @@ impl Default for Metrics {
             events_captured: Counter::default(),
             delivered_ws: Counter::default(),
             delivered_sse: Counter::default(),
+            ws_deflated: Counter::default(),
+            ws_deflate_saved_bytes: Counter::default(),
             db_reconnects: Counter::default(),
             catchup_queries: Counter::default(),
             catalog_reads: Counter::default(),
@@ -334,6 +342,24 @@ impl Metrics {
                 self.connections(transport).get()
             );
         }
+        write_family(
+            &mut out,
+            "rowcast_ws_deflated_total",
+            "counter",
+            "Change messages sent compressed (permessage-deflate).",
+        );
+        let _ = writeln!(out, "rowcast_ws_deflated_total {}", self.ws_deflated.get());
+        write_family(
+            &mut out,
+            "rowcast_ws_deflate_saved_bytes_total",
+            "counter",
+            "Payload bytes compression kept off the wire.",
+        );
+        let _ = writeln!(
+            out,
+            "rowcast_ws_deflate_saved_bytes_total {}",
+            self.ws_deflate_saved_bytes.get()
+        );
         write_family(
             &mut out,
             "rowcast_events_captured_total",
@@ -537,6 +563,8 @@ mod tests {
             "rowcast_connections{transport=\"ws\"} 0",
             "rowcast_connections{transport=\"sse\"} 0",
             "rowcast_events_captured_total 0",
+            "rowcast_ws_deflated_total 0",
+            "rowcast_ws_deflate_saved_bytes_total 0",
             "rowcast_events_delivered_total{transport=\"sse\"} 3",
             "rowcast_ring_events 7",
             "rowcast_source_lag_seconds 0",

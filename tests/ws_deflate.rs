@@ -239,6 +239,12 @@ async fn events_over_the_threshold_go_compressed_and_inflate_to_the_plain_bytes(
     assert!(large.payload.len() < large_plain.payload.len() * 3 / 4);
     let change: Value = serde_json::from_str(&large.text()).unwrap();
     assert_eq!(change["row"]["body"], large_text().as_str());
+    // One message went compressed (to one client), saving what it saved.
+    assert_eq!(metric(server.addr, "rowcast_ws_deflated_total").await, 1.0);
+    assert_eq!(
+        metric(server.addr, "rowcast_ws_deflate_saved_bytes_total").await,
+        (large_plain.payload.len() - large.payload.len()) as f64
+    );
 }
 
 #[tokio::test]
@@ -258,6 +264,7 @@ async fn with_ws_compress_min_0_no_extension_is_negotiated() {
     insert_small_and_large(&db).await;
     assert!(!client.text().await.compressed());
     assert!(!client.text().await.compressed());
+    assert_eq!(metric(server.addr, "rowcast_ws_deflated_total").await, 0.0);
     // RSV1 is then a protocol error.
     client
         .send(0x80 | 0x40 | 0x1, &deflate(br#"{"type":"ping"}"#))

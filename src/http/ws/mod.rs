@@ -43,7 +43,7 @@ use super::error::{ApiError, CloseCode};
 use crate::event::Control;
 use crate::filter::StreamParams;
 use crate::gateway::Gateway;
-use crate::metrics::Transport;
+use crate::metrics::{Metrics, Transport};
 use crate::session::{self, End, Item, SendDeadline, Sent, Session, Sink};
 
 /// How long a closing handshake may take before the socket is dropped.
@@ -160,6 +160,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         missed_pongs: 0,
         own: Vec::new(),
         unsent: Vec::new(),
+        metrics: Arc::clone(&gateway.metrics),
     };
     let end = session::serve(session, &mut sink, &gateway.pace).await;
     if let Some(code) = CloseCode::for_end(end) {
@@ -190,6 +191,8 @@ struct WsSink<S> {
     own: Vec<Frame>,
     /// The rest of a frame a timed-out write cut midway: the close frame goes after it.
     unsent: Vec<u8>,
+    /// Where compressed sends are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Sink for WsSink<S> {
@@ -280,6 +283,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
             self.own.push(Frame::text(Bytes::from(json)));
             self.own.push(Frame::new(frame::PING, false, Bytes::new()));
         }
+        if let Some(min) = self.compress_min {
+            self.count_deflated(items, min);
+        }
         let frames = BatchFrames {
             items: items.iter(),
             own: &self.own,
@@ -288,6 +294,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
         };
         let mut deadline = SendDeadline::new(self.send_timeout);
         writer::write_frames(&mut self.io, frames, &mut deadline, &mut self.unsent).await
+    }
+
+    /// Counts the batch's events that go compressed, and the bytes that saves.
+    fn count_deflated(&self, items: &[Item], min: usize) {
+        let (mut sent, mut saved) = (0u64, 0usize);
+        for item in items {
+            if let Item::Change(event) = item {
+                let frame = event.ws_frame(Some(min));
+                if frame.compressed() {
+                    sent += 1;
+                    let plain = event.ws_frame(None).payload().len();
+                    saved += plain.saturating_sub(frame.payload().len());
+                }
+            }
+        }
+        if sent > 0 {
+            self.metrics.ws_deflated.add(sent);
+            self.metrics.ws_deflate_saved_bytes.add(saved as u64);
+        }
     }
 
     /// Writes `frames` within `limit`.
