@@ -20,16 +20,6 @@ export ROWCAST_BIN
 start_cluster rowcast-bench-ab -c wal_level=logical -c max_wal_senders=8 -c max_replication_slots=8
 "$ROWCAST_BIN" capture wal --database-url "$URL" >/dev/null
 echo "INSERT INTO orders (customer_name, product_name) VALUES ('bench', 'tracked');" >"$DIR/tracked.sql"
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
-ticks() { # pid... -> utime + stime, summed, in clock ticks
-  local total=0 pid fields
-  for pid in "$@"; do
-    fields=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
-    total=$((total + $(echo "$fields" | awk '{print $12 + $13}')))
-  done
-  echo "$total"
-}
-pids() { psql -tAq "$URL" -c "SELECT pid FROM pg_stat_activity WHERE $1" | tr '\n' ' '; }
 batches() { grep -c "capture batch applied" "$DIR/gateway.log" || true; }
 printf '%-6s %-7s %-12s %7s %14s | %8s %8s %9s\n' round clients build tps commits/batch \
   rowcast gateway walsender

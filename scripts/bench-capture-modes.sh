@@ -45,20 +45,8 @@ SQL
 # backends end with the run, so their CPU is the postmaster's reaped children's (with
 # any autovacuum worker that ended meanwhile); the rest are long-lived processes found
 # in pg_stat_activity before the run.
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
 POSTMASTER=$(head -1 "$DIR/data/postmaster.pid")
-ticks() { # pid... -> utime + stime, summed, in clock ticks
-  local total=0 pid fields
-  for pid in "$@"; do
-    fields=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
-    total=$((total + $(echo "$fields" | awk '{print $12 + $13}')))
-  done
-  echo "$total"
-}
 reaped() { sed 's/.*) //' "/proc/$POSTMASTER/stat" | awk '{print $14 + $15}'; }
-pids() { # SQL condition on pg_stat_activity -> pids
-  psql -tAq "$URL" -c "SELECT pid FROM pg_stat_activity WHERE $1" | tr '\n' ' '
-}
 children_ticks() { # the CPU of the shell's finished children (pgbench) as `times` wrote it to $1, in ticks
   tail -1 "$1" | awk -v hz="$(getconf CLK_TCK)" '{
     split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d\n", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * hz }'

@@ -8,9 +8,28 @@
 #   stop_cluster                              what the EXIT trap runs (a script with
 #                                            its own EXIT trap calls it from there)
 #   free_port                                 prints a free TCP port on 127.0.0.1
+#   ticks PID…                                prints the CPU (utime + stime) the
+#                                            processes used so far, in clock ticks
+#                                            ($TICK_US microseconds each)
+#   pids CONDITION                            prints the pids of the cluster's
+#                                            pg_stat_activity rows matching CONDITION
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+ticks() {
+  local total=0 pid fields
+  for pid in "$@"; do
+    fields=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+    total=$((total + $(echo "$fields" | awk '{print $12 + $13}')))
+  done
+  echo "$total"
+}
+
+pids() {
+  psql -tAq "$URL" -c "SELECT pid FROM pg_stat_activity WHERE $1" | tr '\n' ' '
 }
 
 start_cluster() {

@@ -83,7 +83,6 @@ if [[ " $MODES " == *" relay "* ]]; then
 fi
 psql -q "$URL" -c "CREATE EXTENSION pg_stat_statements"
 echo "INSERT INTO orders (customer_name, product_name) VALUES ('bench', 'replica-cost');" >"$DIR/insert.sql"
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
 POSTMASTER=$(head -1 "$DIR/data/postmaster.pid")
 
 # utime+stime (ticks) of the given pids; fields counted after the ")" of comm.
