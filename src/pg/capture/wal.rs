@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use pgwire_replication::{
     Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
 };
@@ -405,38 +404,33 @@ impl Stream<'_> {
             // ready, or, when the last batch started less than APPLY_INTERVAL ago,
             // once that interval is over (unless more arrives meanwhile).
             let batch_waiting = self.batch_end.is_some() && txn.is_none();
-            let event = match () {
-                () if batch_waiting => match self.stream.recv().now_or_never() {
-                    Some(next) => match next? {
+            let event = if batch_waiting {
+                // At once when the interval is over, else when it will be.
+                let next_apply = self.next_apply;
+                let due = async move {
+                    if tokio::time::Instant::now() < next_apply {
+                        tokio::time::sleep_until(next_apply).await;
+                    }
+                };
+                tokio::select! {
+                    // What is at hand comes before a batch that is due.
+                    biased;
+                    next = self.stream.recv() => match next? {
                         Some(event) => event,
                         None => {
                             self.finish_batch().await?;
                             return Ok(());
                         }
                     },
-                    None if tokio::time::Instant::now() < self.next_apply => tokio::select! {
-                        next = self.stream.recv() => match next? {
-                            Some(event) => event,
-                            None => {
-                                self.finish_batch().await?;
-                                return Ok(());
-                            }
-                        },
-                        _ = tokio::time::sleep_until(self.next_apply) => {
-                            confirmed = self.finish_batch().await?;
-                            self.status
-                                .set_lag_bytes(server_end.saturating_sub(confirmed));
-                            continue;
-                        }
-                    },
-                    None => {
+                    () = due => {
                         confirmed = self.finish_batch().await?;
                         self.status
                             .set_lag_bytes(server_end.saturating_sub(confirmed));
                         continue;
                     }
-                },
-                () => tokio::select! {
+                }
+            } else {
+                tokio::select! {
                     next = self.stream.recv() => match next? {
                         Some(event) => event,
                         None => return Ok(()),
@@ -447,7 +441,7 @@ impl Stream<'_> {
                         }
                         continue;
                     }
-                },
+                }
             };
             match event {
                 ReplicationEvent::Begin {
