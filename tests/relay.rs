@@ -59,29 +59,84 @@ async fn writer(db: TestDb, stop: Arc<AtomicBool>) -> usize {
     n
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nats_killed_and_restarted_under_writers_loses_duplicates_and_reorders_nothing() {
-    let mut nats = NatsServer::start();
-    let db = TestDb::new();
+/// `n` replicas of `db` relaying through `nats`, once one publishes and the rest consume.
+async fn relayed_replicas(db: &TestDb, nats: &NatsServer, n: usize) -> Vec<TestServer> {
     let mut servers = Vec::new();
-    for _ in 0..3 {
-        servers.push(TestServer::start(relayed(&db, &nats)).await);
+    for _ in 0..n {
+        servers.push(TestServer::start(relayed(db, nats)).await);
     }
-    eventually("one publisher, two consumers", || {
+    eventually("one publisher, the rest consuming", || {
         one_publisher_the_rest_consume(&servers)
     })
     .await;
+    servers
+}
+
+/// A ready SSE client on each of `servers`.
+async fn clients_of(servers: &[TestServer]) -> Vec<SseClient> {
     let mut clients = Vec::new();
-    for server in &servers {
+    for server in servers {
         let mut sse = SseClient::connect(server.addr, "", &[]).await;
         sse.until_ready().await;
         clients.push(sse);
     }
+    clients
+}
+
+/// 8 writers inserting into `db` until `stop`.
+fn writers(db: &TestDb, stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<usize>> {
+    (0..8)
+        .map(|_| tokio::spawn(writer(db.clone(), Arc::clone(stop))))
+        .collect()
+}
+
+/// Stops the writers; returns how many orders they inserted.
+async fn stop_writers(stop: &AtomicBool, writers: Vec<tokio::task::JoinHandle<usize>>) -> usize {
+    stop.store(true, Ordering::Relaxed);
+    let mut written = 0;
+    for writer in writers {
+        written += writer.await.unwrap();
+    }
+    written
+}
+
+/// Events the replicas received through the relay, together.
+fn relayed_events(servers: &[TestServer]) -> u64 {
+    servers
+        .iter()
+        .map(|s| s.gateway.metrics.received(Path::Relay).get())
+        .sum()
+}
+
+/// Asserts that change_log holds the `written` orders and that every client got each
+/// of them once, in order.
+async fn every_client_got_every_change_once(
+    db: &TestDb,
+    clients: &mut [SseClient],
+    written: usize,
+) {
+    let ids = all_ids(db).await;
+    assert_eq!(ids.len(), written);
+    for (k, sse) in clients.iter_mut().enumerate() {
+        let got: Vec<u64> = sse
+            .changes(ids.len())
+            .await
+            .iter()
+            .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(got, ids, "client {k}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_killed_and_restarted_under_writers_loses_duplicates_and_reorders_nothing() {
+    let mut nats = NatsServer::start();
+    let db = TestDb::new();
+    let servers = relayed_replicas(&db, &nats, 3).await;
+    let mut clients = clients_of(&servers).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..8)
-        .map(|_| tokio::spawn(writer(db.clone(), Arc::clone(&stop))))
-        .collect();
+    let writers = writers(&db, &stop);
     // /readyz stays 200 throughout: change_log serves while NATS is away.
     let watching = Arc::new(AtomicBool::new(true));
     let watchers: Vec<_> = servers
@@ -98,10 +153,7 @@ async fn nats_killed_and_restarted_under_writers_loses_duplicates_and_reorders_n
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let relayed_before: u64 = servers
-        .iter()
-        .map(|s| s.gateway.metrics.received(Path::Relay).get())
-        .sum();
+    let relayed_before = relayed_events(&servers);
     assert!(relayed_before > 0, "nothing came through the relay");
     nats.kill();
     eventually("every replica to stop consuming", || {
@@ -116,40 +168,18 @@ async fn nats_killed_and_restarted_under_writers_loses_duplicates_and_reorders_n
         one_publisher_the_rest_consume(&servers)
     })
     .await;
-    let relayed_after_restart: u64 = servers
-        .iter()
-        .map(|s| s.gateway.metrics.received(Path::Relay).get())
-        .sum();
+    let relayed_after_restart = relayed_events(&servers);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut written = 0;
-    for writer in writers {
-        written += writer.await.unwrap();
-    }
+    let written = stop_writers(&stop, writers).await;
     watching.store(false, Ordering::Relaxed);
     for watcher in watchers {
         watcher.await.unwrap();
     }
-    let relayed_after: u64 = servers
-        .iter()
-        .map(|s| s.gateway.metrics.received(Path::Relay).get())
-        .sum();
     assert!(
-        relayed_after > relayed_after_restart,
+        relayed_events(&servers) > relayed_after_restart,
         "the relay carried nothing after NATS came back"
     );
-
-    let ids = all_ids(&db).await;
-    assert_eq!(ids.len(), written);
-    for (k, sse) in clients.iter_mut().enumerate() {
-        let got: Vec<u64> = sse
-            .changes(ids.len())
-            .await
-            .iter()
-            .map(|e| e.id.as_deref().unwrap().parse().unwrap())
-            .collect();
-        assert_eq!(got, ids, "client of replica {k}");
-    }
+    every_client_got_every_change_once(&db, &mut clients, written).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -209,64 +239,28 @@ async fn the_publisher_stopping_under_writers_hands_over_and_loses_duplicates_an
 {
     let nats = NatsServer::start();
     let db = TestDb::new();
-    let mut servers = Vec::new();
-    for _ in 0..3 {
-        servers.push(TestServer::start(relayed(&db, &nats)).await);
-    }
-    eventually("one publisher, two consumers", || {
-        one_publisher_the_rest_consume(&servers)
-    })
-    .await;
+    let mut servers = relayed_replicas(&db, &nats, 3).await;
     let publisher = servers
         .iter()
         .position(|s| s.gateway.metrics.relay_publisher.get() == 1)
         .unwrap();
     let publisher = servers.remove(publisher);
-    let mut clients = Vec::new();
-    for server in &servers {
-        let mut sse = SseClient::connect(server.addr, "", &[]).await;
-        sse.until_ready().await;
-        clients.push(sse);
-    }
+    let mut clients = clients_of(&servers).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..8)
-        .map(|_| tokio::spawn(writer(db.clone(), Arc::clone(&stop))))
-        .collect();
+    let writers = writers(&db, &stop);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     publisher.shutdown().await;
     eventually("another replica to publish, the last to consume", || {
         one_publisher_the_rest_consume(&servers)
     })
     .await;
-    let relayed_after_takeover: u64 = servers
-        .iter()
-        .map(|s| s.gateway.metrics.received(Path::Relay).get())
-        .sum();
+    let relayed_after_takeover = relayed_events(&servers);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut written = 0;
-    for writer in writers {
-        written += writer.await.unwrap();
-    }
-    let relayed_after: u64 = servers
-        .iter()
-        .map(|s| s.gateway.metrics.received(Path::Relay).get())
-        .sum();
+    let written = stop_writers(&stop, writers).await;
     assert!(
-        relayed_after > relayed_after_takeover,
+        relayed_events(&servers) > relayed_after_takeover,
         "the relay carried nothing after the takeover"
     );
-
-    let ids = all_ids(&db).await;
-    assert_eq!(ids.len(), written);
-    for (k, sse) in clients.iter_mut().enumerate() {
-        let got: Vec<u64> = sse
-            .changes(ids.len())
-            .await
-            .iter()
-            .map(|e| e.id.as_deref().unwrap().parse().unwrap())
-            .collect();
-        assert_eq!(got, ids, "client of remaining replica {k}");
-    }
+    every_client_got_every_change_once(&db, &mut clients, written).await;
 }
