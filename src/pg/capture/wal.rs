@@ -221,7 +221,7 @@ impl Capturer {
             changes: 0,
             batch_end: None,
             after: None,
-            records: Some(Vec::new()),
+            records: None,
             payload_bytes: 0,
             next_apply: tokio::time::Instant::now(),
         }
