@@ -9,13 +9,21 @@
 //! times while busy reads once. An UPDATE wakes the subscribers of the values in both
 //! its images, so a live view hears of a row that leaves it. Subscribers that were not woken still see every event
 //! when they next read (heartbeats make them read), so the index only ever saves work.
+//!
+//! A subscriber can also be served by the fan-out itself ([`Deliver`]): a caught-up
+//! WebSocket client whose task is parked gets its events written to its socket by one
+//! of the hub's fan-out workers, one per runtime worker thread, without its own task
+//! being woken. The worker rings the doorbell only when the subscriber declines
+//! (its task is busy, it is behind, or its socket would block), and the task then
+//! does what it always did.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
 
 use crate::event::{Event, Op};
 use crate::filter::{value_key, Selection};
@@ -32,7 +40,7 @@ enum Key {
 }
 
 /// The subscriber index.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
     /// Wakers by key.
     groups: DashMap<Key, DashMap<u64, Arc<Doorbell>>>,
@@ -41,7 +49,42 @@ pub struct Hub {
     indexed: DashMap<Arc<str>, usize>,
     /// Registration ids, unique for the process.
     next_id: AtomicU64,
+    /// The fan-out workers' queues, one per runtime worker thread, so that writing to
+    /// a thousand sockets uses every core; empty outside a runtime (then every
+    /// subscriber is woken instead).
+    shards: Vec<Arc<Shard>>,
 }
+
+/// A subscriber the fan-out can serve without waking its task.
+pub trait Deliver: Send + Sync {
+    /// Sends what the log holds for this subscriber now, without waiting. `false`
+    /// when its task must do it (the task is not parked, the subscriber is behind, or
+    /// its socket would block): the hub then rings its doorbell.
+    fn try_deliver(&self) -> bool;
+}
+
+/// One fan-out worker's queue of subscribers to serve.
+#[derive(Default)]
+struct Shard {
+    /// Subscribers to offer their events, each at most once (see `Doorbell::queued`).
+    queue: Mutex<Vec<Arc<Doorbell>>>,
+    /// Rung when the queue gains subscribers, or when the hub is dropped.
+    bell: Doorbell,
+    /// Set when the hub is dropped: the worker ends.
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("queued", &self.queue.lock().len())
+            .finish()
+    }
+}
+
+/// Subscribers a fan-out worker serves before it yields to the runtime's other
+/// tasks (the source, requests).
+const FAN_OUT_TURN: usize = 64;
 
 /// A live subscription; dropping it unregisters.
 #[derive(Debug)]
@@ -59,12 +102,28 @@ pub struct Registration {
 /// A subscriber's wake-up: a flag and its task's waker. Ringing is a store and at
 /// most one wake, with no lock and no waiter list (a `tokio::sync::Notify` locks its
 /// list on every wait and every wake, which a fan-out does per subscriber per event).
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Doorbell {
     /// Set by a wake-up, cleared by the wait that consumes it: a permit, not a queue.
     rung: AtomicBool,
     /// The subscriber's task, woken when the bell rings.
     waker: AtomicWaker,
+    /// The subscriber's own delivery, once its transport attached one.
+    direct: OnceLock<Arc<dyn Deliver>>,
+    /// Whether it waits in its shard's queue: a subscriber woken again before the
+    /// worker reached it is queued once.
+    queued: AtomicBool,
+    /// The fan-out worker that serves it.
+    shard: usize,
+}
+
+impl std::fmt::Debug for Doorbell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Doorbell")
+            .field("rung", &self.rung)
+            .field("direct", &self.direct.get().is_some())
+            .finish()
+    }
 }
 
 impl Doorbell {
@@ -91,15 +150,34 @@ impl Doorbell {
 }
 
 impl Hub {
-    /// An empty hub.
+    /// An empty hub, with a fan-out worker per worker thread of the current runtime
+    /// (none outside one).
     pub fn new() -> Arc<Hub> {
-        Arc::new(Hub::default())
+        let shards = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => (0..runtime.metrics().num_workers().max(1))
+                .map(|_| {
+                    let shard = Arc::new(Shard::default());
+                    runtime.spawn(fan_out(Arc::clone(&shard)));
+                    shard
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        Arc::new(Hub {
+            groups: DashMap::new(),
+            indexed: DashMap::new(),
+            next_id: AtomicU64::new(0),
+            shards,
+        })
     }
 
     /// Registers a subscriber with this selection.
     pub fn register(self: &Arc<Self>, selection: &Selection) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let doorbell = Arc::new(Doorbell::default());
+        let doorbell = Arc::new(Doorbell {
+            shard: (id as usize) % self.shards.len().max(1),
+            ..Doorbell::default()
+        });
         let keys: Vec<Key> = match (selection.index_keys(), &selection.tables) {
             (Some((column, values)), _) => {
                 let column: Arc<str> = Arc::from(column);
@@ -176,7 +254,21 @@ impl Hub {
             }
         }
         for doorbell in woken {
-            doorbell.ring();
+            match (doorbell.direct.get(), self.shards.get(doorbell.shard)) {
+                (Some(_), Some(shard)) => {
+                    if !doorbell.queued.swap(true, Ordering::AcqRel) {
+                        let mut queue = shard.queue.lock();
+                        let was_empty = queue.is_empty();
+                        queue.push(doorbell);
+                        drop(queue);
+                        // A non-empty queue has its worker rung already.
+                        if was_empty {
+                            shard.bell.ring();
+                        }
+                    }
+                }
+                _ => doorbell.ring(),
+            }
         }
     }
 
@@ -204,6 +296,46 @@ impl Registration {
     /// since the last wait).
     pub async fn woken(&self) {
         self.doorbell.wait().await;
+    }
+
+    /// Lets the fan-out serve this subscriber through `deliver` (once; a second call
+    /// is ignored).
+    pub fn attach(&self, deliver: Arc<dyn Deliver>) {
+        let _ = self.doorbell.direct.set(deliver);
+    }
+}
+
+/// A fan-out worker: offers each queued subscriber its events, ringing the doorbell
+/// of those that decline, until the hub is dropped.
+async fn fan_out(shard: Arc<Shard>) {
+    let mut serving = Vec::new();
+    loop {
+        shard.bell.wait().await;
+        if shard.closed.load(Ordering::Acquire) {
+            return;
+        }
+        std::mem::swap(&mut serving, &mut *shard.queue.lock());
+        for (served, doorbell) in serving.drain(..).enumerate() {
+            // Cleared first: a wake during the offer queues it again, and the next
+            // offer reads from where this one stopped.
+            doorbell.queued.store(false, Ordering::Release);
+            let delivered = doorbell.direct.get().is_some_and(|d| d.try_deliver());
+            if !delivered {
+                doorbell.ring();
+            }
+            if served % FAN_OUT_TURN == FAN_OUT_TURN - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        for shard in &self.shards {
+            shard.closed.store(true, Ordering::Release);
+            shard.bell.ring();
+        }
     }
 }
 

@@ -197,6 +197,13 @@ pub struct Metrics {
     /// Payload bytes that compression kept off the wire, summed over those messages:
     /// what `--ws-compress-min` buys.
     pub ws_deflate_saved_bytes: Counter,
+    /// Batches the hub's fan-out wrote to a caught-up client's socket itself, without
+    /// waking the client's task: against `delivered_ws`, how much of the fan-out takes
+    /// the cheap path.
+    pub fan_out_writes: Counter,
+    /// Times the fan-out handed a client back to its own task (its socket would block,
+    /// took part of a batch, or it is behind): the slow clients' share.
+    pub fan_out_handoffs: Counter,
     /// Times the source reconnected after losing the database.
     pub db_reconnects: Counter,
     /// Reads of `change_log` by the source: every replica's reads cost the database,
@@ -250,6 +257,8 @@ impl Default for Metrics {
             delivered_sse: Counter::default(),
             ws_deflated: Counter::default(),
             ws_deflate_saved_bytes: Counter::default(),
+            fan_out_writes: Counter::default(),
+            fan_out_handoffs: Counter::default(),
             db_reconnects: Counter::default(),
             catchup_queries: Counter::default(),
             catalog_reads: Counter::default(),
@@ -359,6 +368,28 @@ impl Metrics {
             out,
             "rowcast_ws_deflate_saved_bytes_total {}",
             self.ws_deflate_saved_bytes.get()
+        );
+        write_family(
+            &mut out,
+            "rowcast_fanout_writes_total",
+            "counter",
+            "Batches the fan-out wrote to a caught-up client's socket itself.",
+        );
+        let _ = writeln!(
+            out,
+            "rowcast_fanout_writes_total {}",
+            self.fan_out_writes.get()
+        );
+        write_family(
+            &mut out,
+            "rowcast_fanout_handoffs_total",
+            "counter",
+            "Times the fan-out handed a client back to its own task.",
+        );
+        let _ = writeln!(
+            out,
+            "rowcast_fanout_handoffs_total {}",
+            self.fan_out_handoffs.get()
         );
         write_family(
             &mut out,
@@ -565,6 +596,8 @@ mod tests {
             "rowcast_events_captured_total 0",
             "rowcast_ws_deflated_total 0",
             "rowcast_ws_deflate_saved_bytes_total 0",
+            "rowcast_fanout_writes_total 0",
+            "rowcast_fanout_handoffs_total 0",
             "rowcast_events_delivered_total{transport=\"sse\"} 3",
             "rowcast_ring_events 7",
             "rowcast_source_lag_seconds 0",

@@ -1429,6 +1429,43 @@ async fn five_hundred_clients_half_websocket_half_sse_each_receive_every_change_
     assert!(started.elapsed() < Duration::from_secs(120));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caught_up_websocket_clients_are_written_by_the_fan_out_in_order_alongside_sse_ones() {
+    const CHANGES: usize = 200;
+    let db = TestDb::new();
+    let server = TestServer::start(db.config()).await;
+    let addr = server.addr;
+    let mut clients = Vec::new();
+    let ann = filter("customer_name=eq.Ann");
+    for query in ["", &ann, "", &ann] {
+        for transport in BOTH {
+            let mut client = Client::open(transport, addr, query).await;
+            client.until_ready().await;
+            clients.push((transport, query.to_owned(), client));
+        }
+    }
+    let start = head(&db).await;
+    // One by one, so that most changes find every client caught up.
+    let sql = db.client().await;
+    for i in 0..CHANGES {
+        insert_order(&sql, if i % 3 == 0 { "Ann" } else { "Bob" }, "Widget").await;
+    }
+    let all = logged_ids(&db, start, "true").await;
+    let third = logged_ids(&db, start, "row->>'customer_name' = 'Ann'").await;
+    assert_eq!(all.len(), CHANGES);
+    assert!(!third.is_empty());
+    for (transport, query, client) in &mut clients {
+        let expected = if query.is_empty() { &all } else { &third };
+        let got = ids(&client.changes(expected.len()).await);
+        assert_eq!(&got, expected, "{transport:?} {query}");
+    }
+    let direct = metric(addr, "rowcast_fanout_writes_total").await;
+    assert!(
+        direct >= CHANGES as f64 / 2.0,
+        "the fan-out wrote {direct} batches itself"
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // Slow consumers
 // ---------------------------------------------------------------------------------

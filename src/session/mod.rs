@@ -8,9 +8,12 @@
 //! get `reset`. With `snapshot=true` and no position it first sends the rows that
 //! match now, read through [`Snapshots`], and goes on from that snapshot's position.
 //! [`serve`] adds what every transport needs: heartbeats, shutdown,
-//! lagging clients and the stream metrics.
+//! lagging clients and the stream metrics. A transport that can write without
+//! waiting lets the hub's fan-out deliver to its caught-up clients while their tasks
+//! sleep ([`direct`]).
 
 pub mod catchup;
+pub mod direct;
 pub mod sink;
 pub mod snapshot;
 
@@ -20,9 +23,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use catchup::{CatchUp, CatchUpError, Page, Reading};
+pub use direct::{TryWrite, Written};
 pub use sink::{End, SendDeadline, Sent, Sink};
 pub use snapshot::{SnapshotPage, SnapshotRead, Snapshots};
 
+use self::direct::Direct;
 use crate::event::{Control, Event};
 use crate::filter::{Selection, StreamParams};
 use crate::hub::{Hub, Registration};
@@ -76,8 +81,9 @@ pub struct Session {
     log: Arc<EventLog>,
     /// History older than the ring, for a client that reconnects from far back.
     catch_up: Arc<dyn CatchUp>,
-    /// What the client asked for (tables, ops, filters).
-    selection: Selection,
+    /// What the client asked for (tables, ops, filters); shared with the fan-out's
+    /// delivery.
+    selection: Arc<Selection>,
     /// The hub's doorbell for this session; dropping it unsubscribes.
     registration: Registration,
     /// Every event up to here was sent or did not match.
@@ -89,6 +95,11 @@ pub struct Session {
     /// The snapshot being sent, in [`Phase::Snapshot`] (boxed: most sessions never
     /// have one, and an idle one costs a pointer).
     snapshot: Option<Box<Snapshotting>>,
+    /// The fan-out's delivery, when the transport can write without waiting.
+    direct: Option<Arc<Direct>>,
+    /// Whether the cursor is with `direct` (between [`Session::park`] and
+    /// [`Session::unpark`]).
+    parked: bool,
 }
 
 /// A batch as the ring fills it: each event it hands over becomes a change.
@@ -131,12 +142,51 @@ impl Session {
         Session {
             log,
             catch_up,
-            selection: params.selection,
+            selection: Arc::new(params.selection),
             registration,
             cursor,
             phase,
             retry_pending: false,
             snapshot,
+            direct: None,
+            parked: false,
+        }
+    }
+
+    /// Lets the hub's fan-out write this session's events through `writer` while its
+    /// task waits, once the session is live and caught up.
+    pub fn attach(
+        &mut self,
+        writer: Arc<dyn TryWrite>,
+        metrics: Arc<Metrics>,
+        transport: Transport,
+    ) {
+        let direct = Arc::new(Direct::new(
+            Arc::clone(&self.log),
+            Arc::clone(&self.selection),
+            writer,
+            metrics,
+            transport,
+        ));
+        self.registration
+            .attach(Arc::clone(&direct) as Arc<dyn crate::hub::Deliver>);
+        self.direct = Some(direct);
+    }
+
+    /// Before the task waits: hands the cursor to the fan-out if the session is live,
+    /// caught up (the caller found nothing to send) and not retrying a read.
+    fn park(&mut self) {
+        if let (Some(direct), Phase::Live, false) = (&self.direct, self.phase, self.retry_pending) {
+            direct.park(self.cursor);
+            self.parked = true;
+        }
+    }
+
+    /// After the wait: takes the cursor back, past whatever the fan-out sent.
+    fn unpark(&mut self) {
+        if let (Some(direct), true) = (&self.direct, self.parked) {
+            self.cursor = direct.unpark();
+            self.parked = false;
         }
     }
 
@@ -368,7 +418,10 @@ pub struct Pace {
 pub async fn serve<S: Sink>(session: &mut Session, sink: &mut S, pace: &Pace) -> End<S::Fault> {
     let gauge = pace.metrics.connections(S::TRANSPORT);
     gauge.inc();
-    let end = run(session, sink, pace).await;
+    let end = match run(session, sink, pace).await {
+        Ok(never) => match never {},
+        Err(end) => end,
+    };
     gauge.dec();
     if let End::Lagging = end {
         pace.metrics.lagging_disconnects.inc();
@@ -381,10 +434,13 @@ pub async fn serve<S: Sink>(session: &mut Session, sink: &mut S, pace: &Pace) ->
     end
 }
 
-async fn run<S: Sink>(session: &mut Session, sink: &mut S, pace: &Pace) -> End<S::Fault> {
-    if let Err(end) = sink.open().await {
-        return end;
-    }
+/// The loop itself; every way out is an [`End`].
+async fn run<S: Sink>(
+    session: &mut Session,
+    sink: &mut S,
+    pace: &Pace,
+) -> Result<std::convert::Infallible, End<S::Fault>> {
+    sink.open().await?;
     let period = pace.heartbeat;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -397,37 +453,53 @@ async fn run<S: Sink>(session: &mut Session, sink: &mut S, pace: &Pace) -> End<S
         items.clear();
         session.next_batch(&mut items).await;
         if session.is_broken() {
-            return End::Broken;
+            return Err(End::Broken);
         }
         if !items.is_empty() {
-            if let Err(end) = sink.send(&items).await {
-                return end;
-            }
+            sink.send(&items).await?;
             record_sent(&pace.metrics, &items, S::TRANSPORT);
             continue;
         }
-        tokio::select! {
+        session.park();
+        let woken = tokio::select! {
             biased;
-            _ = &mut shutdown => return End::Shutdown,
-            _ = session.wait() => {}
-            incoming = sink.incoming() => {
+            _ = &mut shutdown => Woken::Shutdown,
+            _ = session.wait() => Woken::Events,
+            incoming = sink.incoming() => Woken::Incoming(incoming),
+            _ = heartbeat.tick() => Woken::Heartbeat,
+        };
+        session.unpark();
+        // The rest of a batch the fan-out could only partly write goes first.
+        sink.flush().await?;
+        match woken {
+            Woken::Shutdown => return Err(End::Shutdown),
+            Woken::Events => {}
+            Woken::Incoming(incoming) => {
                 // Boxed: client messages are rare (pongs), and the answer's future
                 // would size every stream's task.
-                if let Err(end) = Box::pin(sink.answer(incoming)).await {
-                    return end;
-                }
+                Box::pin(sink.answer(incoming)).await?;
             }
-            _ = heartbeat.tick() => {
+            Woken::Heartbeat => {
                 // Advance the position past anything that did not match first.
                 items.clear();
                 session.next_batch(&mut items).await;
-                if let Err(end) = sink.heartbeat(&items, session.position()).await {
-                    return end;
-                }
+                sink.heartbeat(&items, session.position()).await?;
                 record_sent(&pace.metrics, &items, S::TRANSPORT);
             }
         }
     }
+}
+
+/// What ended a stream's wait.
+enum Woken<I> {
+    /// The gateway is shutting down.
+    Shutdown,
+    /// The hub rang: there may be events.
+    Events,
+    /// The client sent something, or went away.
+    Incoming(I),
+    /// Time for a heartbeat.
+    Heartbeat,
 }
 
 /// Counts a written batch: its changes as deliveries, and commit→send latency for

@@ -59,6 +59,12 @@ pub trait Sink: Send {
         &mut self,
         incoming: Self::Incoming,
     ) -> impl Future<Output = Sent<Self::Fault>> + Send;
+
+    /// Writes what the fan-out left of a batch it could write only in part (see
+    /// [`super::direct`]); nothing for a transport the fan-out does not write to.
+    fn flush(&mut self) -> impl Future<Output = Sent<Self::Fault>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// The `--send-timeout` of one batch, started only when a write first has to wait:

@@ -15,6 +15,7 @@
 //! `--ws-compress-min 0`, get the same frames uncompressed.
 
 pub mod deflate;
+pub mod direct;
 pub mod frame;
 pub mod handshake;
 pub mod reader;
@@ -34,6 +35,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use self::direct::{DirectSocket, SocketIo};
 use self::frame::Frame;
 use self::handshake::Deflate;
 use self::reader::{Incoming, Reader};
@@ -44,7 +46,7 @@ use crate::event::Control;
 use crate::filter::StreamParams;
 use crate::gateway::Gateway;
 use crate::metrics::{Metrics, Transport};
-use crate::session::{self, End, Item, SendDeadline, Sent, Session, Sink};
+use crate::session::{self, End, Item, SendDeadline, Sent, Session, Sink, TryWrite};
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -107,15 +109,29 @@ pub fn upgrade(
     let task = async move {
         match on_upgrade.await {
             // The server's connections are TCP streams: writes of shared frames go
-            // straight to the socket, vectored.
+            // straight to the socket, vectored, and the hub's fan-out writes to it too
+            // while the client is caught up.
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
                     let read = BytesMut::from(&parts.read_buf[..]);
-                    serve(parts.io.into_inner(), read, &gateway, &mut session, deflate).await
+                    let compress_min = deflate.map(|_| gateway.config.ws_compress_min);
+                    let metrics = Arc::clone(&gateway.metrics);
+                    let socket = DirectSocket::new(
+                        parts.io.into_inner(),
+                        compress_min,
+                        Arc::clone(&metrics),
+                    );
+                    session.attach(
+                        Arc::clone(&socket) as Arc<dyn TryWrite>,
+                        metrics,
+                        Transport::Ws,
+                    );
+                    let io = SocketIo(Arc::clone(&socket));
+                    serve(io, read, &gateway, &mut session, deflate, Some(socket)).await
                 }
                 Err(upgraded) => {
                     let io = TokioIo::new(upgraded);
-                    serve(io, BytesMut::new(), &gateway, &mut session, deflate).await
+                    serve(io, BytesMut::new(), &gateway, &mut session, deflate, None).await
                 }
             },
             Err(err) => tracing::debug!(%err, "WebSocket upgrade failed"),
@@ -140,12 +156,14 @@ pub fn upgrade(
 }
 
 /// Runs a socket's session, then closes it with the code its end calls for.
+/// `direct` is the socket the fan-out writes to as well, when it can.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     io: S,
     read: BytesMut,
     gateway: &Gateway,
     session: &mut Session,
     deflate: Option<Deflate>,
+    direct: Option<Arc<DirectSocket>>,
 ) {
     let config = &gateway.config;
     let mut sink = WsSink {
@@ -161,6 +179,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         own: Vec::new(),
         unsent: Vec::new(),
         metrics: Arc::clone(&gateway.metrics),
+        direct,
     };
     let end = session::serve(session, &mut sink, &gateway.pace).await;
     if let Some(code) = CloseCode::for_end(end) {
@@ -193,6 +212,8 @@ struct WsSink<S> {
     unsent: Vec<u8>,
     /// Where compressed sends are counted.
     metrics: Arc<Metrics>,
+    /// The socket as the fan-out writes to it: what it left of a batch goes first.
+    direct: Option<Arc<DirectSocket>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Sink for WsSink<S> {
@@ -263,6 +284,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Sink for WsSink<S> {
         self.write(std::slice::from_ref(&frame), self.send_timeout)
             .await
     }
+
+    async fn flush(&mut self) -> Sent<CloseCode> {
+        let Some(rest) = self.direct.as_ref().and_then(|socket| socket.take_rest()) else {
+            return Ok(());
+        };
+        let frames = direct::change_frames(&rest.items, self.compress_min);
+        let mut deadline = SendDeadline::new(self.send_timeout);
+        writer::write_frames(
+            &mut self.io,
+            frames,
+            rest.skip,
+            &mut deadline,
+            &mut self.unsent,
+        )
+        .await
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
@@ -284,7 +321,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
             self.own.push(Frame::new(frame::PING, false, Bytes::new()));
         }
         if let Some(min) = self.compress_min {
-            self.count_deflated(items, min);
+            direct::count_deflated(&self.metrics, items, min);
         }
         let frames = BatchFrames {
             items: items.iter(),
@@ -293,32 +330,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
             compress_min: self.compress_min,
         };
         let mut deadline = SendDeadline::new(self.send_timeout);
-        writer::write_frames(&mut self.io, frames, &mut deadline, &mut self.unsent).await
-    }
-
-    /// Counts the batch's events that go compressed, and the bytes that saves.
-    fn count_deflated(&self, items: &[Item], min: usize) {
-        let (mut sent, mut saved) = (0u64, 0usize);
-        for item in items {
-            if let Item::Change(event) = item {
-                let frame = event.ws_frame(Some(min));
-                if frame.compressed() {
-                    sent += 1;
-                    let plain = event.ws_frame(None).payload().len();
-                    saved += plain.saturating_sub(frame.payload().len());
-                }
-            }
-        }
-        if sent > 0 {
-            self.metrics.ws_deflated.add(sent);
-            self.metrics.ws_deflate_saved_bytes.add(saved as u64);
-        }
+        writer::write_frames(&mut self.io, frames, 0, &mut deadline, &mut self.unsent).await
     }
 
     /// Writes `frames` within `limit`.
     async fn write(&mut self, frames: &[Frame], limit: Duration) -> Sent<CloseCode> {
         let mut deadline = SendDeadline::new(limit);
-        writer::write_frames(&mut self.io, frames, &mut deadline, &mut self.unsent).await
+        writer::write_frames(&mut self.io, frames, 0, &mut deadline, &mut self.unsent).await
     }
 
     /// Sends the rest of a cut frame and a close frame, then reads (and drops) what the client still sends until

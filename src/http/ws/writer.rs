@@ -1,10 +1,12 @@
 //! Writes a batch of frames as vectored writes of their shared bytes: no copy of an
 //! event's frame per client, and one system call for a batch of up to
-//! [`SLICES`]` / 2` frames.
+//! [`SLICES`]` / 2` frames. [`write_frames`] waits for a slow socket within the send
+//! deadline (the client's task); [`try_write_frames`] never waits (the fan-out).
 
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::frame::Frame;
 use crate::http::error::CloseCode;
@@ -13,68 +15,159 @@ use crate::session::{End, SendDeadline, Sent};
 /// Slices handed to one `writev` (two per frame: header and payload).
 const SLICES: usize = 64;
 
-/// Writes every frame of `frames`, in order, within `deadline`. When the deadline
-/// passes with a frame cut midway, the rest of that frame is copied to `unsent`: the
-/// close frame that follows must not land inside it.
-pub async fn write_frames<'a, W: AsyncWrite + Unpin>(
-    io: &mut W,
+/// The next slices of a batch to write: a window of up to [`SLICES`] non-empty parts
+/// (frame headers and payloads), refilled from the batch as it goes out.
+struct Window<'a, P> {
+    /// The parts not yet in the window, each with whether it ends its frame.
+    parts: P,
+    /// The window: parts (the first possibly cut short) and whether each ends a frame.
+    pending: [(&'a [u8], bool); SLICES],
+    /// How many of `pending` are in use.
+    count: usize,
+    /// Some of the frame at `pending[0]` is already on the wire.
+    mid_frame: bool,
+}
+
+impl<'a, P: Iterator<Item = (&'a [u8], bool)>> Window<'a, P> {
+    /// Fills the window; `false` when the batch is all written.
+    fn fill(&mut self) -> bool {
+        while self.count < SLICES {
+            match self.parts.next() {
+                Some(part) => {
+                    self.pending[self.count] = part;
+                    self.count += 1;
+                }
+                None => break,
+            }
+        }
+        self.count > 0
+    }
+
+    /// The window as slices for one vectored write, and their total length.
+    fn slices(&self) -> ([IoSlice<'a>; SLICES], usize) {
+        let slices = std::array::from_fn(|i| IoSlice::new(self.pending[i].0));
+        let total = self.pending[..self.count]
+            .iter()
+            .map(|(p, _)| p.len())
+            .sum();
+        (slices, total)
+    }
+
+    /// Drops `written` bytes from the front of the window (at most its length).
+    fn advance(&mut self, mut written: usize) {
+        let mut done = 0;
+        while done < self.count && written >= self.pending[done].0.len() {
+            written -= self.pending[done].0.len();
+            self.mid_frame = !self.pending[done].1;
+            done += 1;
+        }
+        if done < self.count && written > 0 {
+            self.pending[done].0 = &self.pending[done].0[written..];
+            self.mid_frame = true;
+        }
+        self.pending.copy_within(done..self.count, 0);
+        self.count -= done;
+    }
+
+    /// Skips the first `bytes` of the batch (written before).
+    fn skip(&mut self, mut bytes: usize) {
+        while bytes > 0 && self.fill() {
+            let (_, total) = self.slices();
+            let step = bytes.min(total);
+            self.advance(step);
+            bytes -= step;
+        }
+    }
+
+    /// Copies the rest of a frame cut midway to `unsent`.
+    fn rest_of_cut_frame(&self, unsent: &mut Vec<u8>) {
+        if self.mid_frame && self.count > 0 {
+            let rest = self.pending[..self.count]
+                .iter()
+                .position(|(_, ends)| *ends);
+            for (part, _) in &self.pending[..=rest.unwrap_or(self.count - 1)] {
+                unsent.extend_from_slice(part);
+            }
+        }
+    }
+}
+
+/// A window over `frames`' parts, after the first `skip` bytes.
+fn window<'a>(
     frames: impl IntoIterator<Item = &'a Frame>,
-    deadline: &mut SendDeadline,
-    unsent: &mut Vec<u8>,
-) -> Sent<CloseCode> {
-    // Each part with whether it ends its frame.
-    let mut parts = frames
+    skip: usize,
+) -> Window<'a, impl Iterator<Item = (&'a [u8], bool)>> {
+    let parts = frames
         .into_iter()
         .flat_map(|frame| {
             let payload = &frame.payload()[..];
             [(frame.head(), payload.is_empty()), (payload, true)]
         })
         .filter(|(part, _)| !part.is_empty());
-    let mut pending: [(&[u8], bool); SLICES] = [(&[], true); SLICES];
-    let mut count = 0;
-    // Some of the frame at `pending[0]` is already on the wire.
-    let mut mid_frame = false;
-    loop {
-        while count < SLICES {
-            match parts.next() {
-                Some(part) => {
-                    pending[count] = part;
-                    count += 1;
-                }
-                None => break,
-            }
-        }
-        if count == 0 {
-            return Ok(());
-        }
-        let slices: [IoSlice<'_>; SLICES] = std::array::from_fn(|i| IoSlice::new(pending[i].0));
-        let mut written = match deadline.run(io.write_vectored(&slices[..count])).await {
+    let mut window = Window {
+        parts,
+        pending: [(&[], true); SLICES],
+        count: 0,
+        mid_frame: false,
+    };
+    window.skip(skip);
+    window
+}
+
+/// Writes every frame of `frames` after the first `skip` bytes, in order, within
+/// `deadline`. When the deadline passes with a frame cut midway, the rest of that
+/// frame is copied to `unsent`: the close frame that follows must not land inside it.
+pub async fn write_frames<'a, W: AsyncWrite + Unpin>(
+    io: &mut W,
+    frames: impl IntoIterator<Item = &'a Frame>,
+    skip: usize,
+    deadline: &mut SendDeadline,
+    unsent: &mut Vec<u8>,
+) -> Sent<CloseCode> {
+    let mut window = window(frames, skip);
+    while window.fill() {
+        let (slices, _) = window.slices();
+        let written = deadline
+            .run(io.write_vectored(&slices[..window.count]))
+            .await;
+        match written {
             Some(Ok(0)) | Some(Err(_)) => return Err(End::Gone),
-            Some(Ok(n)) => n,
+            // What went out is dropped; the rest (a part cut short included) goes next.
+            Some(Ok(n)) => window.advance(n),
             None => {
-                if mid_frame {
-                    let rest = pending[..count].iter().position(|(_, ends)| *ends);
-                    for (part, _) in &pending[..=rest.unwrap_or(count - 1)] {
-                        unsent.extend_from_slice(part);
-                    }
-                }
+                window.rest_of_cut_frame(unsent);
                 return Err(End::Lagging);
             }
-        };
-        // Drop what went out; the rest (a part cut short included) goes next time.
-        let mut done = 0;
-        while done < count && written >= pending[done].0.len() {
-            written -= pending[done].0.len();
-            mid_frame = !pending[done].1;
-            done += 1;
         }
-        if done < count && written > 0 {
-            pending[done].0 = &pending[done].0[written..];
-            mid_frame = true;
-        }
-        pending.copy_within(done..count, 0);
-        count -= done;
     }
+    Ok(())
+}
+
+/// Writes as much of `frames` as `stream` takes now, without waiting: how many bytes
+/// went out, and whether that was all of them. A write that is cut short ends the
+/// attempt (the socket's buffer is full; another call would only be refused).
+pub fn try_write_frames<'a>(
+    stream: &TcpStream,
+    frames: impl IntoIterator<Item = &'a Frame>,
+) -> io::Result<(usize, bool)> {
+    let mut window = window(frames, 0);
+    let mut sent = 0;
+    while window.fill() {
+        let (slices, total) = window.slices();
+        match stream.try_write_vectored(&slices[..window.count]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                sent += n;
+                window.advance(n);
+                if n < total {
+                    return Ok((sent, false));
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok((sent, false)),
+            Err(err) => return Err(err),
+        }
+    }
+    Ok((sent, true))
 }
 
 #[cfg(test)]
@@ -101,7 +194,7 @@ mod tests {
             got
         });
         let mut deadline = SendDeadline::new(Duration::from_secs(10));
-        write_frames(&mut server, &frames, &mut deadline, &mut Vec::new())
+        write_frames(&mut server, &frames, 0, &mut deadline, &mut Vec::new())
             .await
             .unwrap();
         drop(server);
@@ -118,8 +211,39 @@ mod tests {
         let (_client, mut server) = tokio::io::duplex(17);
         let mut deadline = SendDeadline::new(Duration::from_secs(1));
         let mut unsent = Vec::new();
-        let sent = write_frames(&mut server, &frames, &mut deadline, &mut unsent).await;
+        let sent = write_frames(&mut server, &frames, 0, &mut deadline, &mut unsent).await;
         assert_eq!(sent, Err(End::Lagging));
         assert_eq!(unsent, [b'b'; 7]);
+    }
+
+    #[tokio::test]
+    async fn what_a_full_socket_did_not_take_is_written_after_the_bytes_it_did() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        // Far more than the socket buffers hold while the client does not read.
+        let frames: Vec<Frame> = (0..400)
+            .map(|i| Frame::new(1, false, Bytes::from(vec![b'a' + (i % 26) as u8; 70_000])))
+            .collect();
+        let expected: Vec<u8> = frames
+            .iter()
+            .flat_map(|f| [f.head().to_vec(), f.payload().to_vec()].concat())
+            .collect();
+        let (sent, all) = try_write_frames(&server, &frames).unwrap();
+        assert!(!all && sent > 0 && sent < expected.len(), "{sent}");
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut server = server;
+        let mut deadline = SendDeadline::new(Duration::from_secs(10));
+        write_frames(&mut server, &frames, sent, &mut deadline, &mut Vec::new())
+            .await
+            .unwrap();
+        drop(server);
+        assert_eq!(reader.await.unwrap(), expected);
     }
 }
