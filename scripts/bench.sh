@@ -19,7 +19,9 @@
 #                rowcast-floor (load/src/floor), which writes each batch's pre-built
 #                bytes once per client and nothing else; rowcast's CPU per delivery
 #                is then stated as a ratio to it, measured minutes apart
-# Environment: PG_FSYNC=off to run the cluster without fsync (default: on, as shipped).
+# Environment: PG_FSYNC=off to run the cluster without fsync (default: on, as shipped);
+# ROWCAST_BIN=path runs that gateway binary instead of target/release/rowcast (to
+# alternate two builds in one session).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,6 +78,7 @@ echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, $(unam
 echo "open files per process: soft $(ulimit -Sn), hard $(ulimit -Hn)"
 
 cargo build --release -q --workspace
+ROWCAST_BIN=${ROWCAST_BIN:-target/release/rowcast}
 
 if [ "$CRITERION" = 1 ]; then
   echo; echo "== criterion (medians are criterion's own estimates) =="
@@ -106,11 +109,11 @@ start_gateway() { # $1: extra gateway flags; sets GATEWAY_PID and GATEWAY_ADDR
   # A WAL scenario leaves the database in WAL mode (no triggers): switch it back before a
   # trigger-mode gateway, else nothing would capture (the gateway only warns).
   if [[ "$1" != *"--capture wal"* ]]; then
-    RUST_LOG=warn target/release/rowcast capture trigger --database-url "$URL" 2>>"$DIR/gateway.log" >/dev/null
+    RUST_LOG=warn "$ROWCAST_BIN" capture trigger --database-url "$URL" 2>>"$DIR/gateway.log" >/dev/null
   fi
   GATEWAY_ADDR="127.0.0.1:$port"
   # shellcheck disable=SC2086
-  RUST_LOG=warn target/release/rowcast --listen "$GATEWAY_ADDR" --database-url "$URL" $1 \
+  RUST_LOG=warn "$ROWCAST_BIN" --listen "$GATEWAY_ADDR" --database-url "$URL" $1 \
     2>>"$DIR/gateway.log" &
   GATEWAY_PID=$!
   for _ in $(seq 1 100); do
