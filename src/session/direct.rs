@@ -36,8 +36,9 @@ pub enum Written {
 
 /// A transport's write that never waits, for the fan-out.
 pub trait TryWrite: Send + Sync {
-    /// Writes the change events of `items` if the socket takes them now.
-    fn try_write(&self, items: &[Item]) -> Written;
+    /// Writes the change events of `items` if the socket takes them now; `metrics`
+    /// for what the transport counts of its own.
+    fn try_write(&self, items: &[Item], metrics: &Metrics) -> Written;
 }
 
 /// A parked session's cursor.
@@ -138,7 +139,7 @@ impl Deliver for Direct {
             let written = if batch.is_empty() {
                 Written::All
             } else {
-                self.writer.try_write(&batch)
+                self.writer.try_write(&batch, &self.metrics)
             };
             if written != Written::Nothing {
                 slot.cursor = position;
@@ -181,7 +182,7 @@ mod tests {
     }
 
     impl TryWrite for Scripted {
-        fn try_write(&self, items: &[Item]) -> Written {
+        fn try_write(&self, items: &[Item], _: &Metrics) -> Written {
             let answer = self.answers.lock().pop_front().unwrap_or(Written::All);
             if answer != Written::Nothing {
                 self.written.lock().extend(ids(items));

@@ -29,8 +29,6 @@ pub struct DirectSocket {
     stream: TcpStream,
     /// `--ws-compress-min` when the client negotiated permessage-deflate.
     compress_min: Option<usize>,
-    /// Where compressed sends are counted.
-    metrics: Arc<Metrics>,
     /// What a partial write left: the task writes it next.
     rest: Mutex<Option<Rest>>,
 }
@@ -46,15 +44,10 @@ pub struct Rest {
 
 impl DirectSocket {
     /// Shares `stream` between its task and the fan-out.
-    pub fn new(
-        stream: TcpStream,
-        compress_min: Option<usize>,
-        metrics: Arc<Metrics>,
-    ) -> Arc<DirectSocket> {
+    pub fn new(stream: TcpStream, compress_min: Option<usize>) -> Arc<DirectSocket> {
         Arc::new(DirectSocket {
             stream,
             compress_min,
-            metrics,
             rest: Mutex::new(None),
         })
     }
@@ -96,7 +89,7 @@ pub fn count_deflated(metrics: &Metrics, items: &[Item], min: usize) {
 }
 
 impl TryWrite for DirectSocket {
-    fn try_write(&self, items: &[Item]) -> Written {
+    fn try_write(&self, items: &[Item], metrics: &Metrics) -> Written {
         let mut rest = self.rest.lock();
         if rest.is_some() {
             // The task has yet to write it (it always does before parking again).
@@ -115,7 +108,7 @@ impl TryWrite for DirectSocket {
                 }
             };
         if let (Some(min), Written::All | Written::Part) = (self.compress_min, written) {
-            count_deflated(&self.metrics, items, min);
+            count_deflated(metrics, items, min);
         }
         written
     }

@@ -115,15 +115,10 @@ pub fn upgrade(
                 Ok(parts) => {
                     let read = BytesMut::from(&parts.read_buf[..]);
                     let compress_min = deflate.map(|_| gateway.config.ws_compress_min);
-                    let metrics = Arc::clone(&gateway.metrics);
-                    let socket = DirectSocket::new(
-                        parts.io.into_inner(),
-                        compress_min,
-                        Arc::clone(&metrics),
-                    );
+                    let socket = DirectSocket::new(parts.io.into_inner(), compress_min);
                     session.attach(
                         Arc::clone(&socket) as Arc<dyn TryWrite>,
-                        metrics,
+                        Arc::clone(&gateway.metrics),
                         Transport::Ws,
                     );
                     let io = SocketIo(Arc::clone(&socket));
