@@ -298,9 +298,15 @@ impl Selection {
     /// The event as this selection delivers it (the original or its shared view
     /// form), or `None`.
     pub fn pick(&self, event: &Arc<Event>) -> Option<Arc<Event>> {
+        self.pick_ref(event).cloned()
+    }
+
+    /// [`Selection::pick`] by reference: the event or its view form, both held by
+    /// `event` (the fan-out writes them without taking a reference count per client).
+    pub fn pick_ref<'a>(&self, event: &'a Arc<Event>) -> Option<&'a Arc<Event>> {
         match self.judge(event)? {
-            Delivery::AsIs => Some(Arc::clone(event)),
-            Delivery::View(view) => Some(Arc::clone(event.view(view))),
+            Delivery::AsIs => Some(event),
+            Delivery::View(view) => Some(event.view(view)),
         }
     }
 

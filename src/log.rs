@@ -5,6 +5,7 @@
 //! not dense (rolled-back transactions leave gaps), so a reader's cursor is an event
 //! id and the slot to resume from is found by binary search over the ring.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -36,6 +37,9 @@ pub struct EventLog {
     /// The ring, written by the source alone and read by every session: reads take
     /// the lock shared and only for the copy of a batch.
     ring: RwLock<Ring>,
+    /// The ring's head, readable without the lock: the fan-out asks for it once per
+    /// subscriber it serves, and a shared lock's counter would bounce between cores.
+    head: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -96,6 +100,7 @@ impl EventLog {
                 floor: head,
                 head,
             }),
+            head: AtomicU64::new(head),
         }
     }
 
@@ -120,6 +125,7 @@ impl EventLog {
             ring.slots[slot] = Some(event);
             ring.end += 1;
         }
+        self.head.store(ring.head, Ordering::Release);
     }
 
     /// Retention deleted history up to `pruned`, above the head, before the source
@@ -138,11 +144,12 @@ impl EventLog {
         }
         ring.floor = pruned;
         ring.head = pruned;
+        self.head.store(pruned, Ordering::Release);
     }
 
     /// The id of the newest event the source has read.
     pub fn head(&self) -> u64 {
-        self.ring.read().head
+        self.head.load(Ordering::Acquire)
     }
 
     /// How many events the ring holds.

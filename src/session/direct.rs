@@ -15,8 +15,10 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
-use super::{record_sent, Changes, Item, MAX_BATCH};
+use super::{record_sent, MAX_BATCH};
+use crate::event::Event;
 use crate::filter::Selection;
 use crate::hub::Deliver;
 use crate::log::{EventLog, Read};
@@ -36,9 +38,9 @@ pub enum Written {
 
 /// A transport's write that never waits, for the fan-out.
 pub trait TryWrite: Send + Sync {
-    /// Writes the change events of `items` if the socket takes them now; `metrics`
-    /// for what the transport counts of its own.
-    fn try_write(&self, items: &[Item], metrics: &Metrics) -> Written;
+    /// Writes `events` if the socket takes them now; `metrics` for what the
+    /// transport counts of its own.
+    fn try_write(&self, events: &[&Arc<Event>], metrics: &Metrics) -> Written;
 }
 
 /// A parked session's cursor.
@@ -75,9 +77,50 @@ impl std::fmt::Debug for Direct {
     }
 }
 
+/// The events a fan-out worker last read from a ring, which every caught-up client it
+/// serves next reads too: one read of the ring (its lock, a reference count per event)
+/// per worker per change, not per client.
+#[derive(Default)]
+struct Window {
+    /// Which ring (its address: only compared, never followed).
+    log: usize,
+    /// The events after this position were read...
+    after: u64,
+    /// ... up to this one, with nothing left over.
+    position: u64,
+    /// The events, in id order.
+    events: Vec<Arc<Event>>,
+}
+
 thread_local! {
-    /// A fan-out worker's batch, reused: no allocation per subscriber per event.
-    static BATCH: RefCell<Vec<Item>> = const { RefCell::new(Vec::new()) };
+    /// This thread's window (the fan-out workers each have their own).
+    static WINDOW: RefCell<Window> = RefCell::new(Window::default());
+}
+
+impl Window {
+    /// The events after `cursor`, up to the ring's head, read again only when the
+    /// window does not cover them; `None` when the client must be left to its task
+    /// (behind the ring, or more than a batch to read).
+    fn after(&mut self, log: &Arc<EventLog>, cursor: u64) -> Option<(&[Arc<Event>], u64)> {
+        let key = Arc::as_ptr(log) as usize;
+        let head = log.head();
+        if self.log != key || cursor < self.after || self.position < head {
+            self.events.clear();
+            let read = log.read_after(cursor, MAX_BATCH, |e| Some(Arc::clone(e)), &mut self.events);
+            let Read::Scanned {
+                position,
+                more: false,
+            } = read
+            else {
+                // Not a window others can use: read again next time.
+                self.log = 0;
+                return None;
+            };
+            (self.log, self.after, self.position) = (key, cursor, position);
+        }
+        let first = self.events.partition_point(|event| event.id <= cursor);
+        Some((&self.events[first..], self.position.max(cursor)))
+    }
 }
 
 impl Direct {
@@ -112,6 +155,27 @@ impl Direct {
         slot.parked = false;
         slot.cursor
     }
+
+    /// Writes the client's picks of `events` (read up to `position`): the client's
+    /// new position, and whether that was all (else its task takes over from there).
+    fn deliver(&self, events: &[Arc<Event>], position: u64, cursor: u64) -> (u64, bool) {
+        // On the stack for a turn's usual handful; the window holds the events.
+        let picked: SmallVec<[&Arc<Event>; 16]> = events
+            .iter()
+            .filter_map(|event| self.selection.pick_ref(event))
+            .collect();
+        if picked.is_empty() {
+            return (position, true);
+        }
+        match self.writer.try_write(&picked, &self.metrics) {
+            Written::Nothing => (cursor, false),
+            written => {
+                record_sent(&self.metrics, picked.iter().copied(), self.transport);
+                self.metrics.fan_out_writes.inc();
+                (position, written == Written::All)
+            }
+        }
+    }
 }
 
 impl Deliver for Direct {
@@ -123,33 +187,14 @@ impl Deliver for Direct {
         if !slot.parked {
             return false;
         }
-        let delivered = BATCH.with(|batch| {
-            let mut batch = batch.borrow_mut();
-            batch.clear();
-            let read = self.log.read_after(
-                slot.cursor,
-                MAX_BATCH,
-                |event| self.selection.pick(event),
-                &mut Changes(&mut batch),
-            );
-            // Behind the ring: the task pages from the database.
-            let Read::Scanned { position, more } = read else {
+        let delivered = WINDOW.with(|window| {
+            let mut window = window.borrow_mut();
+            let Some((events, position)) = window.after(&self.log, slot.cursor) else {
                 return false;
             };
-            let written = if batch.is_empty() {
-                Written::All
-            } else {
-                self.writer.try_write(&batch, &self.metrics)
-            };
-            if written != Written::Nothing {
-                slot.cursor = position;
-                record_sent(&self.metrics, &batch, self.transport);
-                if !batch.is_empty() {
-                    self.metrics.fan_out_writes.inc();
-                }
-            }
-            batch.clear();
-            written == Written::All && !more
+            let (position, all) = self.deliver(events, position, slot.cursor);
+            slot.cursor = position;
+            all
         });
         if !delivered {
             slot.parked = false;
@@ -164,7 +209,7 @@ mod tests {
     use super::*;
     use crate::filter::{Catalog, StreamParams};
     use crate::hub::Hub;
-    use crate::session::{serve, End, Pace, Sent, Session, Sink};
+    use crate::session::{serve, End, Item, Pace, Sent, Session, Sink};
     use crate::testing::{self, History, Rows};
     use serde_json::json;
     use std::collections::VecDeque;
@@ -182,10 +227,12 @@ mod tests {
     }
 
     impl TryWrite for Scripted {
-        fn try_write(&self, items: &[Item], _: &Metrics) -> Written {
+        fn try_write(&self, events: &[&Arc<Event>], _: &Metrics) -> Written {
             let answer = self.answers.lock().pop_front().unwrap_or(Written::All);
             if answer != Written::Nothing {
-                self.written.lock().extend(ids(items));
+                self.written
+                    .lock()
+                    .extend(events.iter().map(|event| event.id));
             }
             *self.rest.lock() = answer == Written::Part;
             answer
@@ -236,16 +283,6 @@ mod tests {
             }
             Ok(())
         }
-    }
-
-    fn ids(items: &[Item]) -> Vec<u64> {
-        items
-            .iter()
-            .filter_map(|item| match item {
-                Item::Change(event) => Some(event.id),
-                Item::Control(_) => None,
-            })
-            .collect()
     }
 
     fn event(id: i64) -> Arc<crate::event::Event> {

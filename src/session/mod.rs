@@ -457,7 +457,7 @@ async fn run<S: Sink>(
         }
         if !items.is_empty() {
             sink.send(&items).await?;
-            record_sent(&pace.metrics, &items, S::TRANSPORT);
+            record_sent(&pace.metrics, changes(&items), S::TRANSPORT);
             continue;
         }
         session.park();
@@ -484,10 +484,18 @@ async fn run<S: Sink>(
                 items.clear();
                 session.next_batch(&mut items).await;
                 sink.heartbeat(&items, session.position()).await?;
-                record_sent(&pace.metrics, &items, S::TRANSPORT);
+                record_sent(&pace.metrics, changes(&items), S::TRANSPORT);
             }
         }
     }
+}
+
+/// The change events of a batch.
+pub fn changes(items: &[Item]) -> impl Iterator<Item = &Arc<Event>> {
+    items.iter().filter_map(|item| match item {
+        Item::Change(event) => Some(event),
+        Item::Control(_) => None,
+    })
 }
 
 /// What ended a stream's wait.
@@ -504,23 +512,25 @@ enum Woken<I> {
 
 /// Counts a written batch: its changes as deliveries, and commit→send latency for
 /// the events sent here first.
-fn record_sent(metrics: &Metrics, items: &[Item], transport: Transport) {
+fn record_sent<'a>(
+    metrics: &Metrics,
+    events: impl IntoIterator<Item = &'a Arc<Event>>,
+    transport: Transport,
+) {
     let mut changes = 0;
     let mut now_micros = None;
-    for item in items {
-        if let Item::Change(event) = item {
-            changes += 1;
-            if event.mark_first_send() {
-                let now = *now_micros.get_or_insert_with(|| {
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_micros() as i64)
-                        .unwrap_or(0)
-                });
-                metrics
-                    .commit_to_send
-                    .observe_micros(now - event.committed_at_micros);
-            }
+    for event in events {
+        changes += 1;
+        if event.mark_first_send() {
+            let now = *now_micros.get_or_insert_with(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as i64)
+                    .unwrap_or(0)
+            });
+            metrics
+                .commit_to_send
+                .observe_micros(now - event.committed_at_micros);
         }
     }
     if changes > 0 {

@@ -19,8 +19,9 @@ use tokio::net::TcpStream;
 
 use super::frame::Frame;
 use super::writer;
+use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::session::{Item, TryWrite, Written};
+use crate::session::{TryWrite, Written};
 
 /// A client's socket, as the fan-out writes to it.
 #[derive(Debug)]
@@ -37,7 +38,7 @@ pub struct DirectSocket {
 #[derive(Debug)]
 pub struct Rest {
     /// The batch.
-    pub items: Vec<Item>,
+    pub events: Vec<Arc<Event>>,
     /// How many of its bytes went out.
     pub skip: usize,
 }
@@ -58,28 +59,33 @@ impl DirectSocket {
     }
 }
 
-/// The frames of a batch's change events, as this client gets them.
-pub fn change_frames(
-    items: &[Item],
+/// The frames of change events, as this client gets them.
+pub fn change_frames<'a, E>(
+    events: E,
     compress_min: Option<usize>,
-) -> impl Iterator<Item = &Frame> + Send {
-    items.iter().filter_map(move |item| match item {
-        Item::Change(event) => Some(event.ws_frame(compress_min)),
-        Item::Control(_) => None,
-    })
+) -> impl Iterator<Item = &'a Frame> + Send
+where
+    E: IntoIterator<Item = &'a Arc<Event>>,
+    E::IntoIter: Send,
+{
+    events
+        .into_iter()
+        .map(move |event| event.ws_frame(compress_min))
 }
 
-/// Counts the batch's events that go compressed, and the bytes that saves.
-pub fn count_deflated(metrics: &Metrics, items: &[Item], min: usize) {
+/// Counts the events that go compressed, and the bytes that saves.
+pub fn count_deflated<'a>(
+    metrics: &Metrics,
+    events: impl IntoIterator<Item = &'a Arc<Event>>,
+    min: usize,
+) {
     let (mut sent, mut saved) = (0u64, 0usize);
-    for item in items {
-        if let Item::Change(event) = item {
-            let frame = event.ws_frame(Some(min));
-            if frame.compressed() {
-                sent += 1;
-                let plain = event.ws_frame(None).payload().len();
-                saved += plain.saturating_sub(frame.payload().len());
-            }
+    for event in events {
+        let frame = event.ws_frame(Some(min));
+        if frame.compressed() {
+            sent += 1;
+            let plain = event.ws_frame(None).payload().len();
+            saved += plain.saturating_sub(frame.payload().len());
         }
     }
     if sent > 0 {
@@ -89,26 +95,28 @@ pub fn count_deflated(metrics: &Metrics, items: &[Item], min: usize) {
 }
 
 impl TryWrite for DirectSocket {
-    fn try_write(&self, items: &[Item], metrics: &Metrics) -> Written {
+    fn try_write(&self, events: &[&Arc<Event>], metrics: &Metrics) -> Written {
         let mut rest = self.rest.lock();
         if rest.is_some() {
             // The task has yet to write it (it always does before parking again).
             return Written::Nothing;
         }
-        let written =
-            match writer::try_write_frames(&self.stream, change_frames(items, self.compress_min)) {
-                Ok((_, true)) => Written::All,
-                Ok((0, false)) | Err(_) => Written::Nothing,
-                Ok((skip, false)) => {
-                    *rest = Some(Rest {
-                        items: items.to_vec(),
-                        skip,
-                    });
-                    Written::Part
-                }
-            };
+        let written = match writer::try_write_frames(
+            &self.stream,
+            change_frames(events.iter().copied(), self.compress_min),
+        ) {
+            Ok((_, true)) => Written::All,
+            Ok((0, false)) | Err(_) => Written::Nothing,
+            Ok((skip, false)) => {
+                *rest = Some(Rest {
+                    events: events.iter().map(|event| Arc::clone(event)).collect(),
+                    skip,
+                });
+                Written::Part
+            }
+        };
         if let (Some(min), Written::All | Written::Part) = (self.compress_min, written) {
-            count_deflated(metrics, items, min);
+            count_deflated(metrics, events.iter().copied(), min);
         }
         written
     }

@@ -284,7 +284,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Sink for WsSink<S> {
         let Some(rest) = self.direct.as_ref().and_then(|socket| socket.take_rest()) else {
             return Ok(());
         };
-        let frames = direct::change_frames(&rest.items, self.compress_min);
+        let frames = direct::change_frames(&rest.events, self.compress_min);
         let mut deadline = SendDeadline::new(self.send_timeout);
         writer::write_frames(
             &mut self.io,
@@ -316,7 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
             self.own.push(Frame::new(frame::PING, false, Bytes::new()));
         }
         if let Some(min) = self.compress_min {
-            direct::count_deflated(&self.metrics, items, min);
+            direct::count_deflated(&self.metrics, session::changes(items), min);
         }
         let frames = BatchFrames {
             items: items.iter(),
