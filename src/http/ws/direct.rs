@@ -171,7 +171,7 @@ impl AsyncWrite for SocketIo {
         let stream = &self.0.stream;
         loop {
             ready!(stream.poll_write_ready(cx))?;
-            match stream.try_write_vectored(bufs) {
+            match writer::send_vectored(stream, bufs) {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 done => return Poll::Ready(done),
             }

@@ -5,7 +5,7 @@
 
 use std::io::{self, IoSlice};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::frame::Frame;
@@ -92,6 +92,15 @@ impl<'a, P: Iterator<Item = (&'a [u8], bool)>> Window<'a, P> {
     }
 }
 
+/// A vectored write that never waits, as `sendmsg`: `writev` (what tokio's vectored
+/// write calls) takes the file-position lock and the VFS checks first, a cost the
+/// fan-out would pay per client per change for nothing on a socket.
+pub fn send_vectored(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    stream.try_io(Interest::WRITABLE, || {
+        socket2::SockRef::from(stream).send_vectored(slices)
+    })
+}
+
 /// A window over `frames`' parts, after the first `skip` bytes.
 fn window<'a>(
     frames: impl IntoIterator<Item = &'a Frame>,
@@ -154,7 +163,7 @@ pub fn try_write_frames<'a>(
     let mut sent = 0;
     while window.fill() {
         let (slices, total) = window.slices();
-        match stream.try_write_vectored(&slices[..window.count]) {
+        match send_vectored(stream, &slices[..window.count]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 sent += n;
