@@ -220,7 +220,7 @@ impl Event {
         let (ws, sse) = encode(id, &message);
         Ok(Event {
             id,
-            table: Arc::from(record.table),
+            table: table_name(&record.table),
             op,
             row,
             old,
@@ -302,6 +302,27 @@ impl Event {
         }
         !self.first_sent.load(Ordering::Relaxed) && !self.first_sent.swap(true, Ordering::Relaxed)
     }
+}
+
+/// The one shared copy of a tracked table's name: events and stream selections hold
+/// the same `Arc`, so matching a table is a pointer comparison (see
+/// [`crate::filter::Selection::judge`], run per client per change), and an event costs
+/// no allocation for its table. Only tracked tables' names come here (events read from
+/// `change_log`, stream parameters checked against the catalog), so the set stays as
+/// small as the catalog.
+pub fn table_name(name: &str) -> Arc<str> {
+    static NAMES: std::sync::LazyLock<parking_lot::RwLock<std::collections::HashSet<Arc<str>>>> =
+        std::sync::LazyLock::new(Default::default);
+    if let Some(name) = NAMES.read().get(name) {
+        return Arc::clone(name);
+    }
+    let mut names = NAMES.write();
+    if let Some(name) = names.get(name) {
+        return Arc::clone(name);
+    }
+    let shared: Arc<str> = Arc::from(name);
+    names.insert(Arc::clone(&shared));
+    shared
 }
 
 /// Builds one SSE block: optional `id:`, `event:`, one `data:` line, blank line.

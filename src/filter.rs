@@ -227,7 +227,7 @@ fn parse_tables(value: &str, catalog: &Catalog) -> Result<Vec<Arc<str>>, ParamEr
             });
         }
         if !tables.iter().any(|t| &**t == name) {
-            tables.push(Arc::from(name));
+            tables.push(crate::event::table_name(name));
         }
     }
     Ok(tables)
@@ -277,7 +277,13 @@ impl Selection {
     /// one → [`View::Leave`]; neither → not delivered. `view` only ever comes from row
     /// filters, so unfiltered streams get every event as is.
     pub fn judge(&self, event: &Event) -> Option<Delivery> {
-        if self.ops & event.op.bit() == 0 || !self.selects_table(&event.table) {
+        let table_selected = self.tables.as_ref().is_none_or(|tables| {
+            // The same interned name, nearly always: no bytes to compare.
+            tables
+                .iter()
+                .any(|t| Arc::ptr_eq(t, &event.table) || **t == *event.table)
+        });
+        if self.ops & event.op.bit() == 0 || !table_selected {
             return None;
         }
         if event.op == Op::Truncate || !self.filters_table(&event.table) {
