@@ -27,11 +27,15 @@
 //!   trigger: one replica streams a logical slot into the same log.
 //! - [`event`]: a change as the gateway holds it, serialised once into its wire forms.
 //! - [`log`]: the ring of recent events; "events after id X" in O(log n).
-//! - [`hub`]: the subscribers, woken per table (or filtered value) touched.
+//! - [`hub`]: the subscribers, woken per table (or filtered value) touched, and the
+//!   fan-out workers (one per core) that serve the caught-up ones without waking
+//!   them ([`hub::Deliver`]).
 //! - [`filter`]: stream parameters (`since`, `tables`, `ops`, `filter`) and matching.
 //! - [`session`]: one client's stream, transport-agnostic — backlog (from the ring or
 //!   through [`session::CatchUp`]), `ready`, `reset`, live batches — and the one loop
-//!   (heartbeats, shutdown, lagging clients) that drives any [`session::Sink`].
+//!   (heartbeats, shutdown, lagging clients) that drives any [`session::Sink`];
+//!   [`session::direct`] lends a parked session's cursor to the fan-out, which writes
+//!   through the transport's [`session::TryWrite`] (the WebSocket's socket).
 //! - [`http`]: the hyper server: [`http::server`] accepts and limits connections,
 //!   [`http::router`] sends each to REST for `orders`, `/ws`, `/events`, `/healthz`,
 //!   `/readyz`, `/metrics` or the UI; [`http::error`] is the one place errors reach
