@@ -11,7 +11,7 @@
 //! when they next read (heartbeats make them read), so the index only ever saves work.
 //!
 //! A subscriber can also be served by the fan-out itself ([`Deliver`]): a caught-up
-//! WebSocket client whose task is parked gets its events written to its socket by one
+//! client whose task is parked gets its events written to its socket by one
 //! of the hub's fan-out workers, one per runtime worker thread, without its own task
 //! being woken. The worker rings the doorbell only when the subscriber declines
 //! (its task is busy, it is behind, or its socket would block), and the task then

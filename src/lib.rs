@@ -35,7 +35,8 @@
 //!   through [`session::CatchUp`]), `ready`, `reset`, live batches — and the one loop
 //!   (heartbeats, shutdown, lagging clients) that drives any [`session::Sink`];
 //!   [`session::direct`] lends a parked session's cursor to the fan-out, which writes
-//!   through the transport's [`session::TryWrite`] (the WebSocket's socket).
+//!   through the transport's [`session::TryWrite`] (a WebSocket's or an SSE stream's
+//!   socket).
 //! - [`http`]: the hyper server: [`http::server`] accepts and limits connections,
 //!   [`http::router`] sends each to REST for `orders`, `/ws`, `/events`, `/healthz`,
 //!   `/readyz`, `/metrics` or the UI; [`http::error`] is the one place errors reach

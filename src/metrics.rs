@@ -198,7 +198,7 @@ pub struct Metrics {
     /// what `--ws-compress-min` buys.
     pub ws_deflate_saved_bytes: Counter,
     /// Batches the hub's fan-out wrote to a caught-up client's socket itself, without
-    /// waking the client's task: against `delivered_ws`, how much of the fan-out takes
+    /// waking the client's task: against the deliveries, how much of the fan-out takes
     /// the cheap path.
     pub fan_out_writes: Counter,
     /// Times the fan-out handed a client back to its own task (its socket would block,

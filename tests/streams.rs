@@ -1430,7 +1430,7 @@ async fn five_hundred_clients_half_websocket_half_sse_each_receive_every_change_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caught_up_websocket_clients_are_written_by_the_fan_out_in_order_alongside_sse_ones() {
+async fn caught_up_clients_are_written_by_the_fan_out_in_order_on_both_transports() {
     const CHANGES: usize = 200;
     let db = TestDb::new();
     let server = TestServer::start(db.config()).await;

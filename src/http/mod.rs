@@ -3,7 +3,8 @@
 //!
 //! [`server`] accepts and limits connections, [`router`] sends each where it goes
 //! ([`api`], [`ws`], [`sse`], [`ops`], [`ui`]); [`conn`] holds what is known about a
-//! connection and [`error`] is the one mapping from errors to the wire.
+//! connection and [`error`] is the one mapping from errors to the wire; [`socket`]
+//! writes to a client's socket without waiting.
 
 pub mod api;
 pub mod body;
@@ -13,6 +14,7 @@ pub mod ops;
 pub mod router;
 pub mod server;
 pub mod sniff;
+pub mod socket;
 pub mod sse;
 pub mod ui;
 pub mod ws;

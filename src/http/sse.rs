@@ -5,7 +5,9 @@
 //! - **on the socket** ([`serve_on_socket`]): a connection whose first request is a
 //!   plain `GET /events` (see [`super::sniff`]) is answered here, without hyper: the
 //!   head, then each batch as one HTTP/1.1 chunk in one write. An idle stream costs
-//!   its session and a small task, not hyper's two 8 KiB buffers;
+//!   its session and a small task, not hyper's two 8 KiB buffers. While the client is
+//!   caught up, the hub's fan-out writes its chunks (the events' shared blocks
+//!   between a size line and an end of its own) without waking the task;
 //! - **through hyper** ([`respond`]): any other SSE request (one that follows another
 //!   request on a kept-alive connection, say) gets a body fed by a one-slot channel
 //!   from a task of its own.
@@ -14,24 +16,30 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::io::IoSlice;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::body::{Body, ChannelBody};
 use super::conn::Connection;
 use super::error::SseFinish;
+use super::socket::send_vectored;
+use crate::event::Event;
 use crate::filter::StreamParams;
 use crate::gateway::Gateway;
-use crate::metrics::Transport;
-use crate::session::{self, End, Item, SendDeadline, Sent, Session, Sink};
+use crate::metrics::{Metrics, Transport};
+use crate::session::{self, End, Item, SendDeadline, Sent, Session, Sink, TryWrite, Written};
 
 /// The comment block sent when a heartbeat has no new position to report.
 const KEEPALIVE: &[u8] = b": keepalive\n\n";
@@ -92,8 +100,18 @@ pub fn serve_on_socket(
     connection: Connection,
 ) -> impl std::future::Future<Output = ()> {
     let mut session = gateway.open_session(params);
-    let socket = SocketSink {
+    let socket = Arc::new(DirectSse {
         stream,
+        last_id: AtomicU64::new(0),
+        rest: Mutex::new(Vec::new()),
+    });
+    session.attach(
+        Arc::clone(&socket) as Arc<dyn TryWrite>,
+        Arc::clone(&gateway.metrics),
+        Transport::Sse,
+    );
+    let socket = SocketSink {
+        socket,
         buf: response_head_bytes(&headers),
     };
     let mut sink = SseSink::new(socket, &gateway);
@@ -102,8 +120,7 @@ pub fn serve_on_socket(
     async move {
         let end = serve(&mut sink, &mut session, &gateway).await;
         if SseFinish::for_end(end) == SseFinish::LastChunk {
-            let finish = sink.writer.stream.write_all(LAST_CHUNK);
-            let _ = tokio::time::timeout(FINISH_TIMEOUT, finish).await;
+            let _ = write_all(&sink.writer.socket.stream, LAST_CHUNK, FINISH_TIMEOUT).await;
         }
         drop(connection);
     }
@@ -187,6 +204,8 @@ impl<W: Writer> Sink for SseSink<W> {
     }
 
     async fn heartbeat(&mut self, items: &[Item], position: u64) -> Sent<Infallible> {
+        // What the fan-out wrote counts too.
+        self.last_id_sent = self.last_id_sent.max(self.writer.sent_up_to());
         self.track_ids(items);
         let tail: Cow<[u8]> = if position > self.last_id_sent {
             // Browsers update lastEventId from an id-only block without firing an
@@ -208,6 +227,10 @@ impl<W: Writer> Sink for SseSink<W> {
     async fn answer(&mut self, (): ()) -> Sent<Infallible> {
         Err(End::Gone)
     }
+
+    async fn flush(&mut self) -> Sent<Infallible> {
+        self.writer.flush(self.send_timeout).await
+    }
 }
 
 /// Where a stream's blocks go.
@@ -221,6 +244,17 @@ trait Writer: Send {
     ) -> impl std::future::Future<Output = Sent<Infallible>> + Send;
     /// Resolves when the client has gone.
     fn closed(&mut self) -> impl std::future::Future<Output = ()> + Send;
+    /// Writes what the fan-out left of a chunk it wrote in part, within `limit`.
+    fn flush(
+        &mut self,
+        _limit: Duration,
+    ) -> impl std::future::Future<Output = Sent<Infallible>> + Send {
+        async { Ok(()) }
+    }
+    /// The last event id the fan-out wrote (0: none).
+    fn sent_up_to(&self) -> u64 {
+        0
+    }
 }
 
 /// Appends the SSE blocks of `items`, then `tail`, to `out`.
@@ -263,10 +297,67 @@ impl Writer for ChannelSink {
     }
 }
 
-/// Writes chunks straight to the socket.
-struct SocketSink {
+/// A stream's socket, which its task and the hub's fan-out both write chunks to (one
+/// at a time: the fan-out only while the session is parked).
+struct DirectSse {
     /// The client's connection, taken from hyper before it saw it.
     stream: TcpStream,
+    /// The last event id the fan-out wrote: a heartbeat writes an `id:` block only
+    /// past it.
+    last_id: AtomicU64,
+    /// What a partial write of the fan-out left; the task writes it next.
+    rest: Mutex<Vec<u8>>,
+}
+
+impl TryWrite for DirectSse {
+    fn try_write(&self, events: &[&Arc<Event>], _: &Metrics) -> Written {
+        let mut rest = self.rest.lock();
+        let Some(last) = events.last() else {
+            return Written::All;
+        };
+        if !rest.is_empty() {
+            // The task has yet to write it (it always does before parking again).
+            return Written::Nothing;
+        }
+        // One chunk: its size line, the events' shared blocks, its end.
+        let size = events.iter().map(|event| event.sse.len()).sum();
+        let mut line = [0u8; 20];
+        let line = chunk_size_line(&mut line, size);
+        let parts: SmallVec<[&[u8]; 32]> = std::iter::once(line)
+            .chain(events.iter().map(|event| &event.sse[..]))
+            .chain(std::iter::once(&b"\r\n"[..]))
+            .collect();
+        let slices: SmallVec<[IoSlice<'_>; 32]> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let total = line.len() + size + 2;
+        let written = match send_vectored(&self.stream, &slices) {
+            Ok(n) if n == total => Written::All,
+            Ok(0) | Err(_) => return Written::Nothing,
+            Ok(mut n) => {
+                for part in &parts {
+                    let skip = n.min(part.len());
+                    rest.extend_from_slice(&part[skip..]);
+                    n -= skip;
+                }
+                Written::Part
+            }
+        };
+        self.last_id.store(last.id, Ordering::Release);
+        written
+    }
+}
+
+/// A chunk's size line (`{size:x}\r\n`), written into `line`.
+fn chunk_size_line(line: &mut [u8; 20], size: usize) -> &[u8] {
+    let mut cursor = std::io::Cursor::new(&mut line[..]);
+    let _ = write!(cursor, "{size:x}\r\n");
+    let len = cursor.position() as usize;
+    &line[..len]
+}
+
+/// Writes chunks straight to the socket.
+struct SocketSink {
+    /// The client's connection, shared with the fan-out.
+    socket: Arc<DirectSse>,
     /// The bytes of the chunk being written (first, the response head).
     buf: Vec<u8>,
 }
@@ -277,13 +368,10 @@ impl Writer for SocketSink {
         put_blocks(&mut self.buf, items, tail);
         // The chunk's size line goes before its data, now that the size is known.
         let mut line = [0u8; 20];
-        let mut cursor = std::io::Cursor::new(&mut line[..]);
-        let _ = write!(cursor, "{:x}\r\n", self.buf.len() - start);
-        let line_len = cursor.position() as usize;
-        self.buf
-            .splice(start..start, line[..line_len].iter().copied());
+        let line = chunk_size_line(&mut line, self.buf.len() - start);
+        self.buf.splice(start..start, line.iter().copied());
         self.buf.extend_from_slice(b"\r\n");
-        let written = write_all(&self.stream, &self.buf, limit).await;
+        let written = write_all(&self.socket.stream, &self.buf, limit).await;
         self.buf.clear();
         if self.buf.capacity() > KEEP_BUFFER {
             self.buf = Vec::new();
@@ -292,19 +380,32 @@ impl Writer for SocketSink {
     }
 
     async fn closed(&mut self) {
+        let stream = &self.socket.stream;
         loop {
-            if self.stream.readable().await.is_err() {
+            if stream.readable().await.is_err() {
                 return;
             }
             // Whatever a client sends after its request head is never answered.
             let mut scrap = [0u8; 64];
-            match self.stream.try_read(&mut scrap) {
+            match stream.try_read(&mut scrap) {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return,
             }
         }
+    }
+
+    async fn flush(&mut self, limit: Duration) -> Sent<Infallible> {
+        let rest = std::mem::take(&mut *self.socket.rest.lock());
+        if rest.is_empty() {
+            return Ok(());
+        }
+        write_all(&self.socket.stream, &rest, limit).await
+    }
+
+    fn sent_up_to(&self) -> u64 {
+        self.socket.last_id.load(Ordering::Acquire)
     }
 }
 
@@ -332,4 +433,56 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8], limit: Duration) -> Sen
 pub async fn consume_head(stream: &mut TcpStream, head_len: usize) -> std::io::Result<()> {
     let mut head = vec![0u8; head_len];
     stream.read_exact(&mut head).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_chunk_the_socket_takes_in_part_is_finished_by_the_task_byte_for_byte() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let socket = Arc::new(DirectSse {
+            stream,
+            last_id: AtomicU64::new(0),
+            rest: Mutex::new(Vec::new()),
+        });
+        // Far more than the socket buffers hold while the client does not read.
+        let body = "x".repeat(10_000);
+        let events: Vec<Arc<Event>> = (1..=1000)
+            .map(|id| crate::testing::event(id, "t", "INSERT", Some(json!({"body": body})), None))
+            .collect();
+        let refs: Vec<&Arc<Event>> = events.iter().collect();
+        assert_eq!(socket.try_write(&refs, &Metrics::default()), Written::Part);
+        assert_eq!(socket.last_id.load(Ordering::Acquire), 1000);
+        let mut expected = Vec::new();
+        let size: usize = events.iter().map(|e| e.sse.len()).sum();
+        expected.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+        for event in &events {
+            expected.extend_from_slice(&event.sse);
+        }
+        expected.extend_from_slice(b"\r\n");
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut sink = SocketSink {
+            socket,
+            buf: Vec::new(),
+        };
+        // A second chunk waits for the rest: the fan-out declines while it is kept.
+        assert_eq!(
+            sink.socket.try_write(&refs[..1], &Metrics::default()),
+            Written::Nothing
+        );
+        sink.flush(Duration::from_secs(10)).await.unwrap();
+        drop(sink);
+        assert_eq!(reader.await.unwrap(), expected);
+    }
 }

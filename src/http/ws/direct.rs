@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use super::frame::Frame;
 use super::writer;
 use crate::event::Event;
+use crate::http::socket::send_vectored;
 use crate::metrics::Metrics;
 use crate::session::{TryWrite, Written};
 
@@ -171,7 +172,7 @@ impl AsyncWrite for SocketIo {
         let stream = &self.0.stream;
         loop {
             ready!(stream.poll_write_ready(cx))?;
-            match writer::send_vectored(stream, bufs) {
+            match send_vectored(stream, bufs) {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 done => return Poll::Ready(done),
             }

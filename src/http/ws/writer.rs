@@ -5,11 +5,12 @@
 
 use std::io::{self, IoSlice};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::frame::Frame;
 use crate::http::error::CloseCode;
+use crate::http::socket::send_vectored;
 use crate::session::{End, SendDeadline, Sent};
 
 /// Slices handed to one `writev` (two per frame: header and payload).
@@ -90,15 +91,6 @@ impl<'a, P: Iterator<Item = (&'a [u8], bool)>> Window<'a, P> {
             }
         }
     }
-}
-
-/// A vectored write that never waits, as `sendmsg`: `writev` (what tokio's vectored
-/// write calls) takes the file-position lock and the VFS checks first, a cost the
-/// fan-out would pay per client per change for nothing on a socket.
-pub fn send_vectored(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-    stream.try_io(Interest::WRITABLE, || {
-        socket2::SockRef::from(stream).send_vectored(slices)
-    })
 }
 
 /// A window over `frames`' parts, after the first `skip` bytes.
