@@ -207,11 +207,18 @@ async fn a_replica_started_while_nats_is_down_reads_change_log_then_consumes() {
         .unwrap();
     let mut sse = SseClient::connect(servers[consumer].addr, "", &[]).await;
     sse.until_ready().await;
-    let relayed = servers[consumer]
-        .gateway
-        .metrics
-        .received(Path::Relay)
-        .get();
+    // The consumer's subscription may take a moment after NATS is back: until then a
+    // change reaches it by reading change_log. Wait for one through the relay, then
+    // count.
+    let metrics = &servers[consumer].gateway.metrics;
+    let before = metrics.received(Path::Relay).get();
+    insert_order(&client, "relay back", "p").await;
+    sse.changes(1).await;
+    eventually("a change through the relay after NATS returned", || {
+        metrics.received(Path::Relay).get() > before
+    })
+    .await;
+    let relayed = metrics.received(Path::Relay).get();
     let reads = servers[consumer].gateway.metrics.catchup_queries.get();
     for k in 0..10 {
         insert_order(&client, &format!("relayed {k}"), "p").await;
@@ -223,7 +230,6 @@ async fn a_replica_started_while_nats_is_down_reads_change_log_then_consumes() {
         .map(|e| e.id.as_deref().unwrap().parse().unwrap())
         .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
-    let metrics = &servers[consumer].gateway.metrics;
     assert!(
         metrics.received(Path::Relay).get() >= relayed + 8,
         "the consumer did not receive through the relay"
