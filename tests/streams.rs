@@ -1459,9 +1459,11 @@ async fn caught_up_clients_are_written_by_the_fan_out_in_order_on_both_transport
         let got = ids(&client.changes(expected.len()).await);
         assert_eq!(&got, expected, "{transport:?} {query}");
     }
+    // Capture may coalesce commits (WAL capture applies them in batches), so count
+    // batches against clients, not changes: without the fan-out there are none.
     let direct = metric(addr, "rowcast_fanout_writes_total").await;
     assert!(
-        direct >= CHANGES as f64 / 2.0,
+        direct >= clients.len() as f64,
         "the fan-out wrote {direct} batches itself"
     );
 }
