@@ -277,13 +277,7 @@ impl Selection {
     /// one → [`View::Leave`]; neither → not delivered. `view` only ever comes from row
     /// filters, so unfiltered streams get every event as is.
     pub fn judge(&self, event: &Event) -> Option<Delivery> {
-        let table_selected = self.tables.as_ref().is_none_or(|tables| {
-            // The same interned name, nearly always: no bytes to compare.
-            tables
-                .iter()
-                .any(|t| Arc::ptr_eq(t, &event.table) || **t == *event.table)
-        });
-        if self.ops & event.op.bit() == 0 || !table_selected {
+        if self.ops & event.op.bit() == 0 || !self.selects_table(&event.table) {
             return None;
         }
         if event.op == Op::Truncate || !self.filters_table(&event.table) {
@@ -316,11 +310,14 @@ impl Selection {
         }
     }
 
-    /// Whether `table` is selected.
-    pub fn selects_table(&self, table: &str) -> bool {
-        self.tables
-            .as_ref()
-            .is_none_or(|tables| tables.iter().any(|t| **t == *table))
+    /// Whether `table` is selected. Names are interned
+    /// ([`crate::event::table_name`]), so this is nearly always a pointer comparison.
+    pub fn selects_table(&self, table: &Arc<str>) -> bool {
+        self.tables.as_ref().is_none_or(|tables| {
+            tables
+                .iter()
+                .any(|t| Arc::ptr_eq(t, table) || **t == **table)
+        })
     }
 
     /// Whether a row of `table` passes every row filter: what a snapshot sends,
