@@ -132,3 +132,17 @@ pub fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     out
 }
+
+/// A connected pair of loopback TCP sockets: (the client's end, the server's end).
+pub async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback listener");
+    let address = listener.local_addr().expect("its address");
+    let (client, accepted) =
+        tokio::join!(tokio::net::TcpStream::connect(address), listener.accept());
+    (
+        client.expect("a connection"),
+        accepted.expect("an accepted connection").0,
+    )
+}

@@ -442,11 +442,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_chunk_the_socket_takes_in_part_is_finished_by_the_task_byte_for_byte() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (stream, _) = listener.accept().await.unwrap();
+        let (mut client, stream) = crate::testing::tcp_pair().await;
         let socket = Arc::new(DirectSse {
             stream,
             last_id: AtomicU64::new(0),

@@ -219,11 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_a_full_socket_did_not_take_is_written_after_the_bytes_it_did() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (mut client, mut server) = crate::testing::tcp_pair().await;
         // Far more than the socket buffers hold while the client does not read.
         let frames: Vec<Frame> = (0..400)
             .map(|i| Frame::new(1, false, Bytes::from(vec![b'a' + (i % 26) as u8; 70_000])))
@@ -239,7 +235,6 @@ mod tests {
             client.read_to_end(&mut got).await.unwrap();
             got
         });
-        let mut server = server;
         let mut deadline = SendDeadline::new(Duration::from_secs(10));
         write_frames(&mut server, &frames, sent, &mut deadline, &mut Vec::new())
             .await
