@@ -113,9 +113,14 @@ pub fn upgrade(
             // while the client is caught up.
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
-                    let read = BytesMut::from(&parts.read_buf[..]);
+                    // Copied out and dropped here: the bytes hyper read past the
+                    // request share its whole read buffer (8 KiB), which would
+                    // otherwise live as long as the socket.
+                    let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+                    let read = BytesMut::from(&read_buf[..]);
+                    drop(read_buf);
                     let compress_min = deflate.map(|_| gateway.config.ws_compress_min);
-                    let socket = DirectSocket::new(parts.io.into_inner(), compress_min);
+                    let socket = DirectSocket::new(io.into_inner(), compress_min);
                     session.attach(
                         Arc::clone(&socket) as Arc<dyn TryWrite>,
                         Arc::clone(&gateway.metrics),
@@ -171,7 +176,6 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         compress_min: deflate.map(|_| config.ws_compress_min),
         send_timeout: config.send_timeout,
         missed_pongs: 0,
-        own: Vec::new(),
         unsent: Vec::new(),
         metrics: Arc::clone(&gateway.metrics),
         direct,
@@ -181,7 +185,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         if let Some(limit) = code.limit() {
             gateway.metrics.reject(limit);
         }
-        sink.close(code).await;
+        // Boxed: its drain buffer would size every stream's task.
+        Box::pin(sink.close(code)).await;
     }
 }
 
@@ -200,9 +205,6 @@ struct WsSink<S> {
     send_timeout: Duration,
     /// Pings sent since the last pong; at [`MAX_MISSED_PONGS`] the socket closes.
     missed_pongs: u32,
-    /// The frames of a batch's control messages (and heartbeat), built for this
-    /// client; kept to reuse its allocation.
-    own: Vec<Frame>,
     /// The rest of a frame a timed-out write cut midway: the close frame goes after it.
     unsent: Vec<u8>,
     /// Where compressed sends are counted.
@@ -304,23 +306,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
     /// they are this client's own (a snapshot page too), and compressing them would
     /// cost CPU per client.
     async fn write_items(&mut self, items: &[Item], heartbeat: Option<u64>) -> Sent<CloseCode> {
-        self.own.clear();
+        // The frames of this client's own messages live for the write only: an idle
+        // stream keeps no buffer.
+        let mut own = Vec::new();
         for item in items {
             if let Item::Control(control) = item {
-                self.own.push(Frame::text(Bytes::from(control.json())));
+                own.push(Frame::text(Bytes::from(control.json())));
             }
         }
         if let Some(position) = heartbeat {
             let json = Control::Heartbeat { position }.json();
-            self.own.push(Frame::text(Bytes::from(json)));
-            self.own.push(Frame::new(frame::PING, false, Bytes::new()));
+            own.push(Frame::text(Bytes::from(json)));
+            own.push(Frame::new(frame::PING, false, Bytes::new()));
         }
         if let Some(min) = self.compress_min {
             direct::count_deflated(&self.metrics, session::changes(items), min);
         }
         let frames = BatchFrames {
             items: items.iter(),
-            own: &self.own,
+            own: &own,
             next_own: 0,
             compress_min: self.compress_min,
         };
