@@ -105,6 +105,9 @@ pub async fn serve(
             FirstRequest::Events { request, head_len } => {
                 match Box::pin(admit_events(&request, &gateway)).await {
                     Ok((headers, params)) => {
+                        // The parsed request is no longer needed: free its headers
+                        // before the stream's long wait.
+                        drop(request);
                         if sse::consume_head(&mut stream, head_len).await.is_ok() {
                             sse::serve_on_socket(stream, headers, params, gateway, connection)
                                 .await;

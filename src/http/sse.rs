@@ -47,9 +47,6 @@ const KEEPALIVE: &[u8] = b": keepalive\n\n";
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// How long the last chunk may take at shutdown.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(1);
-/// A socket sink's write buffer is dropped after a write larger than this (a
-/// backlog), so an idle stream does not keep it.
-const KEEP_BUFFER: usize = 4096;
 
 /// The status and headers of a stream's response.
 pub fn response_head() -> Response<()> {
@@ -372,10 +369,9 @@ impl Writer for SocketSink {
         self.buf.splice(start..start, line.iter().copied());
         self.buf.extend_from_slice(b"\r\n");
         let written = write_all(&self.socket.stream, &self.buf, limit).await;
-        self.buf.clear();
-        if self.buf.capacity() > KEEP_BUFFER {
-            self.buf = Vec::new();
-        }
+        // Dropped, not kept for the next write: an idle stream keeps no buffer, and
+        // the fan-out writes the streams that keep up.
+        self.buf = Vec::new();
         written
     }
 

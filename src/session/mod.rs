@@ -460,6 +460,8 @@ async fn run<S: Sink>(
             record_sent(&pace.metrics, changes(&items), S::TRANSPORT);
             continue;
         }
+        // An idle stream keeps no batch buffer (the fan-out needs none).
+        items.shrink_to(0);
         session.park();
         let woken = tokio::select! {
             biased;

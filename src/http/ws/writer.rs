@@ -118,6 +118,10 @@ fn window<'a>(
 /// Writes every frame of `frames` after the first `skip` bytes, in order, within
 /// `deadline`. When the deadline passes with a frame cut midway, the rest of that
 /// frame is copied to `unsent`: the close frame that follows must not land inside it.
+///
+/// The write's state (the window and its slices, 2.5 KiB) is boxed for the length of
+/// the write: unboxed it would size the future of every stream's task, idle or not,
+/// since a task's future is as large as its largest await.
 pub async fn write_frames<'a, W: AsyncWrite + Unpin>(
     io: &mut W,
     frames: impl IntoIterator<Item = &'a Frame>,
@@ -125,7 +129,16 @@ pub async fn write_frames<'a, W: AsyncWrite + Unpin>(
     deadline: &mut SendDeadline,
     unsent: &mut Vec<u8>,
 ) -> Sent<CloseCode> {
-    let mut window = window(frames, skip);
+    Box::pin(write_window(io, window(frames, skip), deadline, unsent)).await
+}
+
+/// [`write_frames`]' loop over its window.
+async fn write_window<'a, W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut window: Window<'a, impl Iterator<Item = (&'a [u8], bool)>>,
+    deadline: &mut SendDeadline,
+    unsent: &mut Vec<u8>,
+) -> Sent<CloseCode> {
     while window.fill() {
         let (slices, _) = window.slices();
         let written = deadline
@@ -177,6 +190,21 @@ mod tests {
     use bytes::Bytes;
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn a_write_in_flight_costs_the_stream_a_pointer_not_its_window() {
+        let frames = [Frame::new(1, false, Bytes::from_static(b"x"))];
+        let mut io = tokio::io::sink();
+        let mut deadline = SendDeadline::new(Duration::from_secs(1));
+        let mut unsent = Vec::new();
+        let write = write_frames(&mut io, &frames, 0, &mut deadline, &mut unsent);
+        // The window alone is 64 slices and 64 parts (2.5 KiB): it must be boxed.
+        assert!(
+            std::mem::size_of_val(&write) < 256,
+            "{}",
+            std::mem::size_of_val(&write)
+        );
+    }
 
     #[tokio::test]
     async fn many_frames_through_a_narrow_pipe_arrive_whole_and_in_order() {
