@@ -49,7 +49,7 @@ done
 # name | gateway flags | harness flags            (the targets of issue 5)
 SCENARIOS=(
   "ws1000_x_1000cps|--source notify|--clients 1000 --ws-share 1 --rate 1000 --writers 8 --writer-depth 8 --duration 20s"
-  "mixed10000_x_10cps|--source notify|--clients 10000 --ws-share 0.5 --rate 10 --writers 2 --duration 20s --connect-timeout 60s --source-addrs 32"
+  "mixed10000_x_10cps|--source notify|--clients 10000 --ws-share 0.5 --rate 10 --writers 2 --duration 20s --connect-timeout 60s --source-addrs 32 --procs 2"
   "ws1000_x_50cps|--source notify|--clients 1000 --ws-share 1 --rate 50 --writers 2 --duration 20s"
   "one_x_100cps_notify|--source notify|--clients 1 --rate 100 --writers 1 --duration 20s"
   "one_x_100cps_poll|--source poll --poll-interval 500ms|--clients 1 --rate 100 --writers 1 --duration 20s"
