@@ -253,21 +253,31 @@ impl Hub {
                 }
             }
         }
+        // Sorted by worker first, then handed over with one lock per worker: the
+        // source does not take a queue's lock a thousand times while its worker
+        // swaps it.
+        let mut by_shard: Vec<Vec<Arc<Doorbell>>> = vec![Vec::new(); self.shards.len()];
         for doorbell in woken {
-            match (doorbell.direct.get(), self.shards.get(doorbell.shard)) {
-                (Some(_), Some(shard)) => {
+            match (doorbell.direct.get(), by_shard.get_mut(doorbell.shard)) {
+                (Some(_), Some(queued)) => {
                     if !doorbell.queued.swap(true, Ordering::AcqRel) {
-                        let mut queue = shard.queue.lock();
-                        let was_empty = queue.is_empty();
-                        queue.push(doorbell);
-                        drop(queue);
-                        // A non-empty queue has its worker rung already.
-                        if was_empty {
-                            shard.bell.ring();
-                        }
+                        queued.push(doorbell);
                     }
                 }
                 _ => doorbell.ring(),
+            }
+        }
+        for (shard, doorbells) in self.shards.iter().zip(by_shard) {
+            if doorbells.is_empty() {
+                continue;
+            }
+            let mut queue = shard.queue.lock();
+            let was_empty = queue.is_empty();
+            queue.extend(doorbells);
+            drop(queue);
+            // A non-empty queue has its worker rung already.
+            if was_empty {
+                shard.bell.ring();
             }
         }
     }
