@@ -97,11 +97,7 @@ pub fn serve_on_socket(
     connection: Connection,
 ) -> impl std::future::Future<Output = ()> {
     let mut session = gateway.open_session(params);
-    let socket = Arc::new(DirectSse {
-        stream,
-        last_id: AtomicU64::new(0),
-        rest: Mutex::new(Vec::new()),
-    });
+    let socket = DirectSse::new(stream);
     session.attach(
         Arc::clone(&socket) as Arc<dyn TryWrite>,
         Arc::clone(&gateway.metrics),
@@ -306,6 +302,17 @@ struct DirectSse {
     rest: Mutex<Vec<u8>>,
 }
 
+impl DirectSse {
+    /// Shares `stream` between its task and the fan-out.
+    fn new(stream: TcpStream) -> Arc<DirectSse> {
+        Arc::new(DirectSse {
+            stream,
+            last_id: AtomicU64::new(0),
+            rest: Mutex::new(Vec::new()),
+        })
+    }
+}
+
 impl TryWrite for DirectSse {
     fn try_write(&self, events: &[&Arc<Event>], _: &Metrics) -> Written {
         let mut rest = self.rest.lock();
@@ -439,11 +446,7 @@ mod tests {
     #[tokio::test]
     async fn a_chunk_the_socket_takes_in_part_is_finished_by_the_task_byte_for_byte() {
         let (mut client, stream) = crate::testing::tcp_pair().await;
-        let socket = Arc::new(DirectSse {
-            stream,
-            last_id: AtomicU64::new(0),
-            rest: Mutex::new(Vec::new()),
-        });
+        let socket = DirectSse::new(stream);
         // Far more than the socket buffers hold while the client does not read.
         let body = "x".repeat(10_000);
         let events: Vec<Arc<Event>> = (1..=1000)
