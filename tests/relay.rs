@@ -227,7 +227,7 @@ async fn a_replica_started_while_nats_is_down_reads_change_log_then_consumes() {
         );
     }
     let relayed = metrics.received(Path::Relay).get();
-    let reads = servers[consumer].gateway.metrics.catchup_queries.get();
+    let reads = metrics.catchup_queries.get();
     for k in 0..10 {
         insert_order(&client, &format!("relayed {k}"), "p").await;
     }
