@@ -220,6 +220,8 @@ else:
                show("gateway µs/delivery", "gateway.cpu_us_per_delivery", "{:.3f}"),
                show("cores", "gateway.load_cpu_cores"),
                show("RSS max MiB", "gateway.load_max_rss_bytes", "{:.1f}", 2**20),
+               show("events/fan-out write", "batching.events_per_fanout_write"),
+               show("events/read", "batching.events_per_read"),
                show("harness µs/delivery", "harness.cpu_us_per_delivery", "{:.3f}")]
     pairs = [(r["gateway"].get("cpu_us_per_delivery"), f["gateway"].get("cpu_us_per_delivery"), f["ok"])
              for r, f in zip(reps, floors) if f is not None]

@@ -11,12 +11,14 @@
 //! - [`proto`] — WebSocket frames, chunked bodies, SSE blocks and the `change` scan,
 //!   without allocation.
 //! - [`writer`] — paced commits, each row stamped with its send time.
-//! - [`msg`], [`report`], [`procstat`] — what processes exchange, the report, /proc.
+//! - [`msg`], [`report`], [`procstat`], [`counters`] — what processes exchange, the
+//!   report, /proc, the gateway's `/metrics`.
 
 #![deny(unsafe_code)]
 #![warn(clippy::await_holding_lock, clippy::dbg_macro, clippy::todo)]
 
 mod args;
+mod counters;
 mod msg;
 mod procstat;
 mod proto;

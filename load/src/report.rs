@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::counters::Batching;
 use crate::procstat::Sample;
 
 /// Percentiles of a latency histogram, in milliseconds.
@@ -234,6 +235,9 @@ pub struct Report {
     pub latency_sent: Option<Percentiles>,
     /// The gateway (with `--gateway-pid`).
     pub gateway: Option<Gateway>,
+    /// How the gateway batched this run's deliveries, from its `/metrics` (`None`
+    /// for a server without them, such as `rowcast-floor`).
+    pub batching: Option<Batching>,
     /// The harness.
     pub harness: Harness,
 }
@@ -374,6 +378,17 @@ impl Report {
                     g.load_cpu_s, g.load_cpu_cores, g.cpu_us_per_delivery
                 );
             }
+        }
+        if let Some(b) = &self.batching {
+            let _ = writeln!(
+                out,
+                "batching: {} fan-out writes, {:.2} events per write, {} handoffs; {} source reads, {:.2} events per read",
+                b.fanout_writes,
+                b.events_per_fanout_write,
+                b.fanout_handoffs,
+                b.source_reads,
+                b.events_per_read
+            );
         }
         let h = &self.harness;
         let _ = writeln!(

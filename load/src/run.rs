@@ -10,6 +10,7 @@ use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 
 use crate::args::Options;
+use crate::counters::{self, Batching};
 use crate::msg::{self, Command, ConnectReport, Event, WorkerReport, WorkerSpec};
 use crate::procstat;
 use crate::report::{
@@ -167,6 +168,7 @@ pub async fn run(o: &Options) -> Result<Report, String> {
         })
     };
     let gw_load_start = gateway_sample();
+    let counters_start = counters::scrape(o.gateway).await;
     let own_load_start = procstat::own();
     let load_started = Instant::now();
     let outcome = if writes {
@@ -222,6 +224,7 @@ pub async fn run(o: &Options) -> Result<Report, String> {
     }
     let load_wall = load_started.elapsed().as_secs_f64();
     let gw_after = gateway_sample();
+    let counters_end = counters::scrape(o.gateway).await;
     let own_end = procstat::own();
     sampling.set(false);
     let _ = sampler.await;
@@ -378,6 +381,9 @@ pub async fn run(o: &Options) -> Result<Report, String> {
         latency_commit: have_latency.then(|| Percentiles::of(&commit_latency)),
         latency_sent: have_latency.then(|| Percentiles::of(&sent_latency)),
         gateway,
+        batching: counters_start
+            .zip(counters_end)
+            .map(|(start, end)| Batching::between(&start, &end)),
         harness,
     })
 }
