@@ -16,7 +16,13 @@
 //! being woken. The worker rings the doorbell only when the subscriber declines
 //! (its task is busy, it is behind, or its socket would block), and the task then
 //! does what it always did.
+//!
+//! The index is split by worker: each worker keeps its own subscribers' groups, and
+//! a batch hands each worker only the keys it touched. The worker finds and serves
+//! its subscribers itself, so a subscriber's state stays in one core's cache instead
+//! of being touched by the source's core and then the worker's on every change.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
@@ -42,17 +48,19 @@ enum Key {
 /// The subscriber index.
 #[derive(Debug)]
 pub struct Hub {
-    /// Wakers by key.
-    groups: DashMap<Key, DashMap<u64, Arc<Doorbell>>>,
+    /// The subscribers, split by the fan-out worker that serves them (always at least
+    /// one part). Each worker looks up its own subscribers: the source hands over only
+    /// which keys a batch touched, so on the delivery path a subscriber's state is
+    /// touched by one core, not by the source's core and then the worker's.
+    shards: Vec<Arc<Shard>>,
     /// The columns some subscriber is filed under, with how many registrations use
     /// each: the only columns a batch's rows are looked up in.
     indexed: DashMap<Arc<str>, usize>,
     /// Registration ids, unique for the process.
     next_id: AtomicU64,
-    /// The fan-out workers' queues, one per runtime worker thread, so that writing to
-    /// a thousand sockets uses every core; empty outside a runtime (then every
-    /// subscriber is woken instead).
-    shards: Vec<Arc<Shard>>,
+    /// Whether the shards have fan-out workers (inside a runtime); without them,
+    /// `wake` rings every subscriber it concerns at once.
+    served: bool,
 }
 
 /// A subscriber the fan-out can serve without waking its task.
@@ -63,22 +71,67 @@ pub trait Deliver: Send + Sync {
     fn try_deliver(&self) -> bool;
 }
 
-/// One fan-out worker's queue of subscribers to serve.
+/// One fan-out worker's subscribers, and the keys it has yet to serve.
 #[derive(Default)]
 struct Shard {
-    /// Subscribers to offer their events, each at most once (see `Doorbell::queued`).
-    queue: Mutex<Vec<Arc<Doorbell>>>,
-    /// Rung when the queue gains subscribers, or when the hub is dropped.
+    /// This worker's subscribers by key.
+    groups: DashMap<Key, DashMap<u64, Arc<Doorbell>>>,
+    /// What batches touched since the worker last looked: bounded by the keys its
+    /// subscribers are filed under, however many batches arrive meanwhile.
+    touched: Mutex<Touched>,
+    /// Rung when `touched` gains keys, or when the hub is dropped.
     bell: Doorbell,
     /// Set when the hub is dropped: the worker ends.
     closed: AtomicBool,
 }
 
+/// Keys whose subscribers some batch may concern.
+#[derive(Debug, Default)]
+struct Touched {
+    /// The keys, each once.
+    keys: HashSet<Key>,
+    /// A TRUNCATE passes every filter: every `Key::Value` group is concerned.
+    every_value: bool,
+}
+
+impl Touched {
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && !self.every_value
+    }
+}
+
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shard")
-            .field("queued", &self.queue.lock().len())
+            .field("groups", &self.groups.len())
+            .field("touched", &*self.touched.lock())
             .finish()
+    }
+}
+
+impl Shard {
+    /// Adds to `out` each subscriber filed under `touched`'s keys, once (see
+    /// `Doorbell::queued`).
+    fn collect(&self, touched: &Touched, out: &mut Vec<Arc<Doorbell>>) {
+        let mut add = |group: &DashMap<u64, Arc<Doorbell>>| {
+            for entry in group.iter() {
+                if !entry.value().queued.swap(true, Ordering::AcqRel) {
+                    out.push(Arc::clone(entry.value()));
+                }
+            }
+        };
+        for key in &touched.keys {
+            if let Some(group) = self.groups.get(key) {
+                add(&group);
+            }
+        }
+        if touched.every_value {
+            for group in self.groups.iter() {
+                if matches!(group.key(), Key::Value { .. }) {
+                    add(group.value());
+                }
+            }
+        }
     }
 }
 
@@ -110,10 +163,10 @@ struct Doorbell {
     waker: AtomicWaker,
     /// The subscriber's own delivery, once its transport attached one.
     direct: OnceLock<Arc<dyn Deliver>>,
-    /// Whether it waits in its shard's queue: a subscriber woken again before the
-    /// worker reached it is queued once.
+    /// Whether it is in a worker's list to serve: a subscriber under several touched
+    /// keys is served once.
     queued: AtomicBool,
-    /// The fan-out worker that serves it.
+    /// The fan-out worker (and the part of the index) it belongs to.
     shard: usize,
 }
 
@@ -153,21 +206,24 @@ impl Hub {
     /// An empty hub, with a fan-out worker per worker thread of the current runtime
     /// (none outside one).
     pub fn new() -> Arc<Hub> {
-        let shards = match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => (0..runtime.metrics().num_workers().max(1))
-                .map(|_| {
-                    let shard = Arc::new(Shard::default());
-                    runtime.spawn(fan_out(Arc::clone(&shard)));
-                    shard
-                })
-                .collect(),
-            Err(_) => Vec::new(),
+        let (shards, served) = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let shards = (0..runtime.metrics().num_workers().max(1))
+                    .map(|_| {
+                        let shard = Arc::new(Shard::default());
+                        runtime.spawn(fan_out(Arc::clone(&shard)));
+                        shard
+                    })
+                    .collect();
+                (shards, true)
+            }
+            Err(_) => (vec![Arc::new(Shard::default())], false),
         };
         Arc::new(Hub {
-            groups: DashMap::new(),
+            shards,
             indexed: DashMap::new(),
             next_id: AtomicU64::new(0),
-            shards,
+            served,
         })
     }
 
@@ -175,7 +231,7 @@ impl Hub {
     pub fn register(self: &Arc<Self>, selection: &Selection) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let doorbell = Arc::new(Doorbell {
-            shard: (id as usize) % self.shards.len().max(1),
+            shard: (id as usize) % self.shards.len(),
             ..Doorbell::default()
         });
         let keys: Vec<Key> = match (selection.index_keys(), &selection.tables) {
@@ -193,8 +249,9 @@ impl Hub {
             (None, Some(tables)) => tables.iter().cloned().map(Key::Table).collect(),
             (None, None) => vec![Key::All],
         };
+        let groups = &self.shards[doorbell.shard].groups;
         for key in &keys {
-            self.groups
+            groups
                 .entry(key.clone())
                 .or_default()
                 .insert(id, Arc::clone(&doorbell));
@@ -207,36 +264,26 @@ impl Hub {
         }
     }
 
-    /// Wakes the subscribers a batch of events may concern. No map lock is held while
-    /// a task is woken.
+    /// Wakes the subscribers a batch of events may concern: hands each fan-out worker
+    /// the keys it touched, under one lock per worker, without visiting a subscriber.
     pub fn wake(&self, events: &[Arc<Event>]) {
-        let mut woken: Vec<Arc<Doorbell>> = Vec::new();
-        let mut collect = |key: &Key| {
-            if let Some(group) = self.groups.get(key) {
-                woken.extend(group.iter().map(|entry| Arc::clone(entry.value())));
-            }
-        };
-        collect(&Key::All);
-        let mut tables: Vec<&Arc<str>> = Vec::new();
+        let mut touched = Touched::default();
+        touched.keys.insert(Key::All);
         for event in events {
-            if !tables.contains(&&event.table) {
-                tables.push(&event.table);
-                collect(&Key::Table(Arc::clone(&event.table)));
-            }
+            touched.keys.insert(Key::Table(Arc::clone(&event.table)));
         }
         if !self.indexed.is_empty() {
             let columns: Vec<Arc<str>> = self.indexed.iter().map(|e| Arc::clone(e.key())).collect();
-            let mut truncated = false;
             for event in events {
                 if event.op == Op::Truncate {
-                    truncated = true;
+                    touched.every_value = true;
                     continue;
                 }
                 // Either image: a row leaving a view holds the value only in `old`.
                 for row in event.row.iter().chain(&event.old) {
                     for column in &columns {
                         if let Some(value) = row.get(&**column).and_then(value_key) {
-                            collect(&Key::Value {
+                            touched.keys.insert(Key::Value {
                                 column: Arc::clone(column),
                                 value,
                             });
@@ -244,39 +291,32 @@ impl Hub {
                     }
                 }
             }
-            if truncated {
-                // A TRUNCATE passes every filter.
-                for group in self.groups.iter() {
-                    if matches!(group.key(), Key::Value { .. }) {
-                        woken.extend(group.value().iter().map(|e| Arc::clone(e.value())));
-                    }
-                }
-            }
         }
-        // Sorted by worker first, then handed over with one lock per worker: the
-        // source does not take a queue's lock a thousand times while its worker
-        // swaps it.
-        let mut by_shard: Vec<Vec<Arc<Doorbell>>> = vec![Vec::new(); self.shards.len()];
-        for doorbell in woken {
-            match (doorbell.direct.get(), by_shard.get_mut(doorbell.shard)) {
-                (Some(_), Some(queued)) => {
-                    if !doorbell.queued.swap(true, Ordering::AcqRel) {
-                        queued.push(doorbell);
-                    }
+        for shard in &self.shards {
+            if !self.served {
+                let mut woken = Vec::new();
+                shard.collect(&touched, &mut woken);
+                for doorbell in woken {
+                    doorbell.queued.store(false, Ordering::Release);
+                    doorbell.ring();
                 }
-                _ => doorbell.ring(),
-            }
-        }
-        for (shard, doorbells) in self.shards.iter().zip(by_shard) {
-            if doorbells.is_empty() {
                 continue;
             }
-            let mut queue = shard.queue.lock();
-            let was_empty = queue.is_empty();
-            queue.extend(doorbells);
-            drop(queue);
-            // A non-empty queue has its worker rung already.
-            if was_empty {
+            let mut pending = shard.touched.lock();
+            let was_empty = pending.is_empty();
+            // Only keys this worker has subscribers under: what waits stays bounded.
+            pending.keys.extend(
+                touched
+                    .keys
+                    .iter()
+                    .filter(|key| shard.groups.contains_key(*key))
+                    .cloned(),
+            );
+            pending.every_value |= touched.every_value;
+            let now_empty = pending.is_empty();
+            drop(pending);
+            // A worker with keys waiting has been rung already.
+            if was_empty && !now_empty {
                 shard.bell.ring();
             }
         }
@@ -285,13 +325,19 @@ impl Hub {
     /// Wakes every subscriber (shutdown, source state changes).
     pub fn wake_all(&self) {
         let woken: Vec<Arc<Doorbell>> = self
-            .groups
+            .shards
             .iter()
-            .flat_map(|group| {
-                group
-                    .value()
+            .flat_map(|shard| {
+                shard
+                    .groups
                     .iter()
-                    .map(|entry| Arc::clone(entry.value()))
+                    .flat_map(|group| {
+                        group
+                            .value()
+                            .iter()
+                            .map(|entry| Arc::clone(entry.value()))
+                            .collect::<Vec<_>>()
+                    })
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -315,18 +361,22 @@ impl Registration {
     }
 }
 
-/// A fan-out worker: offers each queued subscriber its events, ringing the doorbell
-/// of those that decline, until the hub is dropped.
+/// A fan-out worker: finds its subscribers under the touched keys and offers each
+/// its events, ringing the doorbell of those that decline, until the hub is dropped.
 async fn fan_out(shard: Arc<Shard>) {
+    let mut touched = Touched::default();
     let mut serving = Vec::new();
     loop {
         shard.bell.wait().await;
         if shard.closed.load(Ordering::Acquire) {
             return;
         }
-        std::mem::swap(&mut serving, &mut *shard.queue.lock());
+        std::mem::swap(&mut touched, &mut *shard.touched.lock());
+        shard.collect(&touched, &mut serving);
+        touched.keys.clear();
+        touched.every_value = false;
         for (served, doorbell) in serving.drain(..).enumerate() {
-            // Cleared first: a wake during the offer queues it again, and the next
+            // Cleared first: a wake during the offer finds it again, and the next
             // offer reads from where this one stopped.
             doorbell.queued.store(false, Ordering::Release);
             let delivered = doorbell.direct.get().is_some_and(|d| d.try_deliver());
@@ -351,8 +401,9 @@ impl Drop for Hub {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        let groups = &self.hub.shards[self.doorbell.shard].groups;
         for key in &self.keys {
-            let now_empty = match self.hub.groups.get(key) {
+            let now_empty = match groups.get(key) {
                 Some(group) => {
                     group.remove(&self.id);
                     group.is_empty()
@@ -360,7 +411,7 @@ impl Drop for Registration {
                 None => false,
             };
             if now_empty {
-                self.hub.groups.remove_if(key, |_, group| group.is_empty());
+                groups.remove_if(key, |_, group| group.is_empty());
             }
         }
         if let Some(Key::Value { column, .. }) = self.keys.first() {
@@ -464,11 +515,12 @@ mod tests {
         let hub = Hub::new();
         let a = register(&hub, "tables=orders,audit");
         let b = register(&hub, "filter=customer=eq.1");
-        assert_eq!(hub.groups.len(), 4);
+        let groups = |hub: &Hub| hub.shards.iter().map(|s| s.groups.len()).sum::<usize>();
+        assert_eq!(groups(&hub), 4);
         assert_eq!(hub.indexed.len(), 1);
         drop(a);
         drop(b);
-        assert!(hub.groups.is_empty());
+        assert_eq!(groups(&hub), 0);
         assert!(hub.indexed.is_empty());
     }
 }
