@@ -511,6 +511,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_worker_is_handed_only_the_keys_its_subscribers_are_filed_under() {
+        let hub = Hub::new();
+        let orders = register(&hub, "tables=orders");
+        let seven = register(&hub, "filter=customer=eq.7");
+        // Many batches before the worker runs (a current-thread runtime: it runs
+        // only when this test awaits), most of them touching nobody's keys.
+        for customer in 0..1000 {
+            hub.wake(&[
+                event("audit", "INSERT", json!({"customer": customer})),
+                event("orders", "INSERT", json!({"customer": customer})),
+            ]);
+        }
+        let waiting: usize = hub.shards.iter().map(|s| s.touched.lock().keys.len()).sum();
+        assert_eq!(waiting, 2, "orders' table and customer 7, nothing else");
+        assert!(is_woken(&orders).await && is_woken(&seven).await);
+        assert!(hub.shards.iter().all(|s| s.touched.lock().is_empty()));
+    }
+
+    #[tokio::test]
     async fn dropping_a_registration_unregisters_it() {
         let hub = Hub::new();
         let a = register(&hub, "tables=orders,audit");
