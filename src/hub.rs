@@ -292,16 +292,18 @@ impl Hub {
                 }
             }
         }
-        for shard in &self.shards {
-            if !self.served {
-                let mut woken = Vec::new();
+        if !self.served {
+            let mut woken = Vec::new();
+            for shard in &self.shards {
                 shard.collect(&touched, &mut woken);
-                for doorbell in woken {
-                    doorbell.queued.store(false, Ordering::Release);
-                    doorbell.ring();
-                }
-                continue;
             }
+            for doorbell in woken {
+                doorbell.queued.store(false, Ordering::Release);
+                doorbell.ring();
+            }
+            return;
+        }
+        for shard in &self.shards {
             let mut pending = shard.touched.lock();
             let was_empty = pending.is_empty();
             // Only keys this worker has subscribers under: what waits stays bounded.
@@ -324,23 +326,12 @@ impl Hub {
 
     /// Wakes every subscriber (shutdown, source state changes).
     pub fn wake_all(&self) {
-        let woken: Vec<Arc<Doorbell>> = self
-            .shards
-            .iter()
-            .flat_map(|shard| {
-                shard
-                    .groups
-                    .iter()
-                    .flat_map(|group| {
-                        group
-                            .value()
-                            .iter()
-                            .map(|entry| Arc::clone(entry.value()))
-                            .collect::<Vec<_>>()
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let mut woken: Vec<Arc<Doorbell>> = Vec::new();
+        for shard in &self.shards {
+            for group in shard.groups.iter() {
+                woken.extend(group.value().iter().map(|entry| Arc::clone(entry.value())));
+            }
+        }
         for doorbell in woken {
             doorbell.ring();
         }
