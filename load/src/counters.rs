@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The most of `/metrics` read (rowcast's is a few KiB).
 const MAX_BODY: usize = 1 << 20;
@@ -72,10 +73,17 @@ pub async fn scrape(gateway: SocketAddr) -> Option<Counters> {
     parse(&body)
 }
 
-async fn get_metrics(gateway: SocketAddr) -> std::io::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(gateway).await?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {gateway}\r\nConnection: close\r\n\r\n");
+/// Connects to the gateway and sends a one-shot `GET target` (`Connection: close`):
+/// the harness's plain requests (this scrape, and the probe for `/events`).
+pub async fn send_get(gateway: SocketAddr, target: &str) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(gateway).await?;
+    let request = format!("GET {target} HTTP/1.1\r\nHost: {gateway}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
+    Ok(stream)
+}
+
+async fn get_metrics(gateway: SocketAddr) -> std::io::Result<String> {
+    let mut stream = send_get(gateway, "/metrics").await?;
     let mut response = Vec::new();
     (&mut stream)
         .take(MAX_BODY as u64)

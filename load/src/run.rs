@@ -424,14 +424,10 @@ async fn wait_streams_accept(gateway: std::net::SocketAddr, query: &str) -> Resu
 }
 
 async fn probe(gateway: std::net::SocketAddr, query: &str) -> std::io::Result<u16> {
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(gateway),
-    )
-    .await??;
-    let request =
-        format!("GET /events?{query} HTTP/1.1\r\nHost: {gateway}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
+    let target = format!("/events?{query}");
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), counters::send_get(gateway, &target))
+            .await??;
     let mut head = [0u8; 32];
     let mut got = 0;
     while got < 12 {
